@@ -1,0 +1,158 @@
+"""One comparison for every check: says what differs and, where cheap, why.
+
+A failing comparison reports, in order: type, shape, dtype and device; then the
+relative L2 error and the worst element against the stated tolerance; then a diagnosis
+of the classic mistakes (a known wrong variant, a transpose, a sign flip, a constant
+factor, chunks in another order). It never prints the reference tensor.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Mapping
+
+import torch
+
+#: Relative L2 error allowed in strict fp32 (DESIGN.md: rounding sits near 1e-6, bugs far above 1e-3).
+RTOL = 1e-4
+#: Largest single-element error allowed, as a fraction of the reference's largest magnitude.
+MAX_TOL = 1e-3
+
+
+class ComparisonError(AssertionError):
+    """A student's tensor differs from the reference; the message is written for the student."""
+
+
+def _fmt_index(flat: int, shape: torch.Size) -> tuple[int, ...]:
+    idx = []
+    for size in reversed(shape):
+        idx.append(flat % size)
+        flat //= size
+    return tuple(reversed(idx))
+
+
+def errors(actual: torch.Tensor, expected: torch.Tensor) -> tuple[float, float]:
+    """(relative L2 error, max abs error / max |expected|), computed in float64."""
+    a = actual.detach().double().cpu()
+    e = expected.detach().double().cpu()
+    scale = e.norm().item()
+    diff = (a - e).norm().item()
+    rel = diff / scale if scale > 0 else diff
+    emax = e.abs().max().item() if e.numel() else 0.0
+    amax = (a - e).abs().max().item() if e.numel() else 0.0
+    return rel, (amax / emax if emax > 0 else amax)
+
+
+def _close(a: torch.Tensor, e: torch.Tensor, tol: float = 1e-3) -> bool:
+    if a.shape != e.shape:
+        return False
+    rel, _ = errors(a, e)
+    return rel <= tol
+
+
+def diagnose(actual: torch.Tensor, expected: torch.Tensor, variants: Mapping[str, torch.Tensor] | None = None) -> str | None:
+    """Name the classic mistake the output matches, or None. Same-shape inputs only."""
+    a = actual.detach().double().cpu()
+    e = expected.detach().double().cpu()
+    for description, variant in (variants or {}).items():
+        if variant is not None and _close(a, variant.detach().double().cpu()):
+            return f"your output matches what you get with {description}."
+    if _close(a, -e):
+        return "your output is the reference with its sign flipped."
+    denom = (e * e).sum().item()
+    if denom > 0:
+        k = (a * e).sum().item() / denom
+        if abs(k - 1) > 1e-3 and abs(k) > 1e-6 and _close(a, k * e):
+            return (f"your output is the reference times a constant factor of about {k:.4g} "
+                    f"(1/{1 / k:.4g}): look for a missing or extra scale.")
+    offset = (a - e).mean().item()
+    if abs(offset) > 1e-6 and _close(a - offset, e):
+        return f"your output is the reference plus a constant of about {offset:.4g}."
+    for i, j in itertools.combinations(range(e.ndim), 2):
+        if e.shape[i] == e.shape[j] and e.shape[i] > 1 and _close(a, e.transpose(i, j)):
+            return f"your output matches the reference with dimensions {i} and {j} swapped (a transpose)."
+    for d in range(e.ndim):
+        if e.shape[d] > 1 and _close(a, e.flip(d)):
+            return f"your output matches the reference reversed along dimension {d}."
+    last = e.shape[-1] if e.ndim else 0
+    for n in (2, 3, 4, 6):
+        if last % n or last // n < 1 or n > 4 and last // n < 2:
+            continue
+        chunks = e.chunk(n, dim=-1)
+        for perm in itertools.permutations(range(n)):
+            if perm == tuple(range(n)):
+                continue
+            if _close(a, torch.cat([chunks[p] for p in perm], dim=-1)):
+                return (f"your last dimension holds the right {n} chunks in the wrong order "
+                        f"(order {list(perm)} instead of {list(range(n))}).")
+    return None
+
+
+def _shape_hint(actual: torch.Tensor, expected: torch.Tensor) -> str | None:
+    if actual.numel() != expected.numel() or expected.ndim > 6:
+        return None
+    for perm in itertools.permutations(range(expected.ndim)):
+        if tuple(expected.shape[p] for p in perm) == tuple(actual.shape):
+            if _close(actual, expected.permute(*perm)):
+                return f"your values are right but laid out as the reference permuted by {list(perm)}."
+    if _close(actual.reshape(expected.shape), expected):
+        return "your values are right and in the right order: only the final shape is off (a reshape)."
+    return "it has as many elements as the reference: check the order of your reshapes/permutes."
+
+
+def assert_close(
+    actual: object,
+    expected: torch.Tensor,
+    *,
+    name: str,
+    rtol: float = RTOL,
+    max_tol: float = MAX_TOL,
+    variants: Mapping[str, torch.Tensor] | None = None,
+    check_dtype: bool = True,
+    check_device: bool = True,
+) -> None:
+    """Raise :class:`ComparisonError` unless ``actual`` matches ``expected`` to the tolerance.
+
+    ``variants`` maps a description of a known mistake ("shift and scale swapped") to the
+    output that mistake produces; a match is reported as the diagnosis.
+    """
+    if not isinstance(actual, torch.Tensor):
+        raise ComparisonError(f"{name}: expected a torch.Tensor, got {type(actual).__name__}.")
+    if actual.shape != expected.shape:
+        msg = f"{name}: shape {tuple(actual.shape)}, expected {tuple(expected.shape)}."
+        hint = _shape_hint(actual, expected)
+        raise ComparisonError(msg + (f"\n  diagnosis: {hint}" if hint else ""))
+    if check_dtype and actual.dtype != expected.dtype:
+        raise ComparisonError(f"{name}: dtype {actual.dtype}, expected {expected.dtype}.")
+    if check_device and actual.device.type != expected.device.type:
+        raise ComparisonError(
+            f"{name}: tensor is on {actual.device}, expected {expected.device}: create new tensors "
+            f"on the input's device (e.g. torch.arange(..., device=x.device))."
+        )
+    if not torch.isfinite(actual).all():
+        bad = int((~torch.isfinite(actual)).sum())
+        raise ComparisonError(f"{name}: {bad} of {actual.numel()} elements are NaN or infinite.")
+    rel, rel_max = errors(actual, expected)
+    if rel <= rtol and rel_max <= max_tol:
+        return
+    a = actual.detach().double().cpu()
+    e = expected.detach().double().cpu()
+    diff = (a - e).abs()
+    worst = int(diff.argmax())
+    where = _fmt_index(worst, e.shape)
+    bound = max_tol * e.abs().max().item()
+    outside = int((diff > bound).sum())
+    lines = [
+        f"{name}: values differ from the reference.",
+        f"  shape {tuple(e.shape)}, {actual.dtype} on {actual.device}",
+        f"  relative L2 error {rel:.2e} (tolerance {rtol:.0e}); largest error {diff.max().item():.3e} "
+        f"= {rel_max:.2e} of the reference's largest value (tolerance {max_tol:.0e})",
+        f"  worst element at index {where}: got {a.flatten()[worst].item():.6g}, "
+        f"expected {e.flatten()[worst].item():.6g}",
+        f"  {outside} of {e.numel()} elements outside tolerance",
+    ]
+    hint = diagnose(actual, expected, variants)
+    if hint:
+        lines.append(f"  diagnosis: {hint}")
+    raise ComparisonError("\n".join(lines))

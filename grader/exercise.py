@@ -1,0 +1,50 @@
+"""Calling a submission: fresh copies of inputs, strict fp32, forbidden references, clear errors."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Callable, Iterable
+
+import torch
+
+from .guard import ReferenceCallError, forbid
+from .runtime import strict_fp32
+
+
+class SubmissionError(AssertionError):
+    """The submission is missing, not callable, unfinished, or raised: message for the student."""
+
+
+def _fresh(value: Any) -> Any:
+    # The student may modify inputs in place; the reference and later cases must not see it.
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, torch.nn.Module):
+        return copy.deepcopy(value)
+    return value
+
+
+def call(fn: Any, name: str, *args: Any, forbidden: Iterable[str] = (), case: str = "") -> Any:
+    """Call the student's ``fn`` on fresh copies of ``args``; turn every failure into a message."""
+    where = f" ({case})" if case else ""
+    if fn is None:
+        raise SubmissionError(f"{name}: not defined. Run the cell that defines `{name}` first.")
+    if not callable(fn):
+        raise SubmissionError(f"{name}: expected a function, got {type(fn).__name__}.")
+    args = tuple(_fresh(a) for a in args)
+    try:
+        with strict_fp32(), forbid(forbidden, name), torch.no_grad():
+            return fn(*args)
+    except ReferenceCallError:
+        raise
+    except NotImplementedError:
+        raise SubmissionError(f"{name}: not implemented yet (it raises NotImplementedError).") from None
+    except Exception as exc:  # the student's bug, reported with the input that triggered it
+        raise SubmissionError(f"{name}{where} raised {type(exc).__name__}: {exc}") from exc
+
+
+def describe(t: torch.Tensor) -> str:
+    return f"{tuple(t.shape)}"
+
+
+Checker = Callable[..., None]

@@ -1,0 +1,35 @@
+"""Per-lesson checks: ``public`` (what the student's local check runs) and ``hidden`` (grading).
+
+Each lesson module defines ``EXERCISES``: name -> :class:`Exercise`. Hidden-test cells in
+the source notebooks call :func:`grade` in one line, so pytest can run every wrong
+implementation through the very same function in milliseconds.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, Callable
+
+LESSON_MODULES = {"10_diffusion_transformers": "diffusion_transformers"}
+
+
+@dataclass(frozen=True)
+class Exercise:
+    name: str
+    points: int
+    public: Callable[[Any], str]
+    hidden: Callable[[Any], str]
+
+
+def lesson(assignment: str):
+    """The exercises module of an assignment folder name such as ``10_diffusion_transformers``."""
+    try:
+        return importlib.import_module(f"grader.exercises.{LESSON_MODULES[assignment]}")
+    except KeyError:
+        raise KeyError(f"no exercises for {assignment!r}; known: {sorted(LESSON_MODULES)}") from None
+
+
+def grade(assignment: str, name: str, fn: Any) -> None:
+    """Hidden test entry point: raises AssertionError with a message unless ``fn`` is right."""
+    print(lesson(assignment).EXERCISES[name].hidden(fn))
