@@ -227,13 +227,28 @@ def _labels(B: int, block, seed: int, dev) -> torch.Tensor:
     return torch.randint(0, n, (B,), generator=generator(seed)).to(dev)
 
 
+def _without_attention_gate(block):
+    import copy
+
+    probe = copy.deepcopy(block)
+    D = probe.norm1.linear.in_features
+    with torch.no_grad():
+        probe.norm1.linear.weight[2 * D:3 * D] = 0   # gate_msa is chunk 2 of 6
+        probe.norm1.linear.bias[2 * D:3 * D] = 0
+    return probe
+
+
 def _check_block(fn, hidden: bool) -> str:
     dev, seed = _dev(hidden), _seed(hidden)
     block, source = weights.get("dit_block", dev)
     D = block.norm1.linear.in_features
-    cases = [(3, 10), (1, 16)] if hidden else [(1, 4)]
-    for i, (B, N) in enumerate(cases):
-        x = randn(B, N, D, seed=seed + i, dev=dev)
+    cases = [(3, 10, 1.0), (1, 16, 1.0), (2, 6, 0.01)] if hidden else [(1, 4, 1.0)]
+    for i, (B, N, x_scale) in enumerate(cases):
+        if x_scale != 1.0:
+            # Probe: attention gate zeroed and a tiny residual, so the output is the MLP branch
+            # alone and small activation mistakes (exact vs. tanh GELU) stand out.
+            block = _without_attention_gate(block)
+        x = randn(B, N, D, seed=seed + i, dev=dev, scale=x_scale)
         t = (torch.randint(0, 1000, (B,), generator=generator(seed + 100 + i))).to(dev)
         y = _labels(B, block, seed + 200 + i, dev)
         expected = ref.dit_block(block, x, t, y)

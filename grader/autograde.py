@@ -1,0 +1,305 @@
+"""Batch autograding: a folder of submissions in, per-student JSON, a CSV and feedback HTML out.
+
+Every submission is graded by real ``nbgrader autograde`` in its own throwaway course
+directory (its own copy of a gradebook prepared once per batch), so submissions cannot
+see each other, a batch can run in parallel, and a crash or hang costs one student a
+score of 0 with a reason, never the batch. Finished results are written atomically and
+reused on a re-run (resume after an interruption).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import nbformat
+
+from . import __version__
+from .submission import InvalidSubmission, normalise, read_notebook
+
+REPO = Path(__file__).resolve().parent.parent
+NOTEBOOK_TIMEOUT = int(os.environ.get("COURSE_NOTEBOOK_TIMEOUT", "900"))
+
+
+@dataclass
+class Submission:
+    student: str
+    path: Path
+
+
+@dataclass
+class Result:
+    student: str
+    assignment: str
+    file: str
+    status: str                      # graded | invalid | timeout | error
+    score: float = 0.0
+    max_score: float = 0.0
+    exercises: dict = field(default_factory=dict)   # name -> {"score", "max_score", "message"}
+    notes: list = field(default_factory=list)
+    feedback: str | None = None
+    seconds: float = 0.0
+    digest: str = ""
+
+
+def source_notebook(assignment: str, root: Path = REPO) -> Path:
+    found = sorted((root / "source" / assignment).glob("*.ipynb"))
+    if len(found) != 1:
+        raise FileNotFoundError(f"expected one notebook in source/{assignment}, found {len(found)}")
+    return found[0]
+
+
+def collect(paths: list[Path], assignment: str) -> list[Submission]:
+    """Files, flat folders of notebooks, or nbgrader's submitted/<student>/<assignment>/ layout."""
+    subs: list[Submission] = []
+    for path in paths:
+        if path.is_file():
+            subs.append(Submission(path.stem, path))
+        elif (path / assignment).is_dir() or any((d / assignment).is_dir() for d in path.iterdir() if d.is_dir()):
+            roots = [path] if (path / assignment).is_dir() else [d for d in sorted(path.iterdir()) if d.is_dir()]
+            for student_dir in roots:
+                nbs = sorted((student_dir / assignment).glob("*.ipynb"))
+                if nbs:
+                    subs.append(Submission(student_dir.name, nbs[0]))
+        elif path.is_dir():
+            subs.extend(Submission(p.stem, p) for p in sorted(path.glob("*.ipynb")))
+        else:
+            raise FileNotFoundError(path)
+    seen: dict[str, int] = {}
+    for s in subs:  # two files with one stem must not overwrite each other's results
+        seen[s.student] = seen.get(s.student, 0) + 1
+        if seen[s.student] > 1:
+            s.student = f"{s.student}-{seen[s.student]}"
+    return subs
+
+
+def _env(root: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    # nbgrader runs alembic from PATH: the interpreter's own bin first.
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    env["COURSE_ROOT"] = str(root)
+    env.setdefault("PYTHONWARNINGS", "ignore")
+    return env
+
+
+def _nbgrader(root: Path, *args: str, timeout: float | None = None) -> subprocess.CompletedProcess:
+    proc = subprocess.Popen([sys.executable, "-m", "nbgrader", *args], cwd=root, env=_env(root),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the kernel too: it is in the same session
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, None)
+
+
+def _write_config(root: Path) -> None:
+    (root / "nbgrader_config.py").write_text(
+        f"exec(open({str(REPO / 'nbgrader_config.py')!r}).read())\n")
+
+
+class Batch:
+    """One assignment, one output folder; prepared once, then :meth:`grade` per submission."""
+
+    def __init__(self, assignment: str, out: Path, workdir: Path | None = None):
+        self.assignment = assignment
+        self.out = out
+        self.source = source_notebook(assignment)
+        self.source_nb = nbformat.read(self.source, as_version=4)
+        self.work = Path(workdir or tempfile.mkdtemp(prefix="course-autograde-"))
+        self.template = self.work / "_template"
+        for sub in ("results", "feedback"):
+            (out / sub).mkdir(parents=True, exist_ok=True)
+
+    def prepare(self) -> None:
+        """Register the assignment in a fresh gradebook once; every submission copies it."""
+        if (self.template / "gradebook.db").is_file():
+            return
+        shutil.rmtree(self.template, ignore_errors=True)
+        (self.template / "source").mkdir(parents=True)
+        shutil.copytree(self.source.parent, self.template / "source" / self.assignment)
+        _write_config(self.template)
+        done = _nbgrader(self.template, "generate_assignment", self.assignment, "--force", timeout=600)
+        if done.returncode != 0:
+            raise RuntimeError(f"nbgrader generate_assignment failed:\n{done.stdout[-3000:]}")
+
+    def _digest(self, sub: Submission) -> str:
+        h = hashlib.sha256()
+        for part in (sub.path.read_bytes(), self.source.read_bytes(), __version__.encode()):
+            h.update(part)
+        return h.hexdigest()[:16]
+
+    def result_path(self, student: str) -> Path:
+        return self.out / "results" / f"{student}.json"
+
+    def cached(self, sub: Submission) -> Result | None:
+        path = self.result_path(sub.student)
+        if path.is_file():
+            try:
+                data = json.loads(path.read_text())
+                if data.get("digest") == self._digest(sub):
+                    return Result(**data)
+            except (ValueError, TypeError):
+                return None  # a damaged result file is regraded, not trusted
+        return None
+
+    def save(self, result: Result) -> None:
+        path = self.result_path(result.student)
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(asdict(result), indent=2))
+        os.replace(tmp, path)
+
+    def grade(self, sub: Submission) -> Result:
+        start = time.perf_counter()
+        result = Result(sub.student, self.assignment, str(sub.path), "error", digest=self._digest(sub))
+        result.max_score = _max_score(self.source_nb)
+        result.exercises = {name: {"score": 0.0, "max_score": pts, "message": ""}
+                            for name, pts in _graded_cells(self.source_nb).items()}
+        try:
+            self._grade_into(sub, result)
+        except InvalidSubmission as exc:
+            result.status = "invalid"
+            result.notes.append(str(exc))
+        except subprocess.TimeoutExpired:
+            result.status = "timeout"
+            result.notes.append(f"grading stopped after {NOTEBOOK_TIMEOUT} s (the notebook-wide limit): "
+                                f"look for an infinite loop or a very slow cell")
+        except Exception as exc:  # the machinery failed for this one submission: say so, go on
+            result.status = "error"
+            result.notes.append(f"grading failed: {type(exc).__name__}: {str(exc)[-1500:]}")
+        result.seconds = round(time.perf_counter() - start, 2)
+        self.save(result)
+        return result
+
+    def _grade_into(self, sub: Submission, result: Result) -> None:
+        submitted = read_notebook(sub.path)
+        fixed = normalise(submitted, self.source_nb)
+        result.notes.extend(fixed.notes)
+        if sub.path.name != self.source.name:
+            result.notes.append(f"file was named {sub.path.name}; graded as {self.source.name}")
+        root = self.work / f"s-{sub.student}"
+        shutil.rmtree(root, ignore_errors=True)
+        shutil.copytree(self.template, root)
+        target = root / "submitted" / sub.student / self.assignment / self.source.name
+        target.parent.mkdir(parents=True)
+        nbformat.write(fixed.notebook, target)
+        done = _nbgrader(root, "autograde", self.assignment, "--student", sub.student, "--force",
+                         timeout=NOTEBOOK_TIMEOUT)
+        autograded = root / "autograded" / sub.student / self.assignment / self.source.name
+        if not autograded.is_file():
+            raise RuntimeError(f"nbgrader autograde produced no notebook:\n{done.stdout[-2000:]}")
+        self._read_scores(root, sub.student, result)
+        _messages(nbformat.read(autograded, as_version=4), result)
+        result.status = "graded"
+        fb = _nbgrader(root, "generate_feedback", self.assignment, "--student", sub.student, "--force", timeout=300)
+        html = root / "feedback" / sub.student / self.assignment / (self.source.stem + ".html")
+        if fb.returncode == 0 and html.is_file():
+            dest = self.out / "feedback" / sub.student / self.assignment
+            dest.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(html, dest / html.name)
+            result.feedback = str(dest / html.name)
+        else:
+            result.notes.append("feedback HTML could not be generated")
+        shutil.rmtree(root, ignore_errors=True)
+
+    def _read_scores(self, root: Path, student: str, result: Result) -> None:
+        from nbgrader.api import Gradebook
+
+        with Gradebook(f"sqlite:///{root / 'gradebook.db'}") as gb:
+            nb = gb.find_submission_notebook(self.source.stem, self.assignment, student)
+            total = 0.0
+            for grade in nb.grades:
+                name = _exercise_name(grade.name)
+                if name in result.exercises:
+                    score = float(grade.score or 0.0)
+                    result.exercises[name]["score"] = score
+                    total += score
+            result.score = total
+
+
+def _graded_cells(nb) -> dict[str, float]:
+    out = {}
+    for c in nb.cells:
+        meta = c.get("metadata", {}).get("nbgrader", {})
+        if meta.get("grade"):
+            out[_exercise_name(meta["grade_id"])] = float(meta.get("points", 0))
+    return out
+
+
+def _max_score(nb) -> float:
+    return sum(_graded_cells(nb).values())
+
+
+def _exercise_name(grade_id: str) -> str:
+    return grade_id[: -len("_hidden")] if grade_id.endswith("_hidden") else grade_id
+
+
+def _messages(nb, result: Result) -> None:
+    for c in nb.cells:
+        meta = c.get("metadata", {}).get("nbgrader", {})
+        if not meta.get("grade"):
+            continue
+        name = _exercise_name(meta["grade_id"])
+        for out in c.get("outputs", []):
+            if out.get("output_type") == "error":
+                result.exercises[name]["message"] = f"{out.get('ename')}: {out.get('evalue', '')}"[:2000]
+
+
+def write_csv(results: list[Result], path: Path) -> None:
+    names = sorted({n for r in results for n in r.exercises}, key=lambda n: list(results[0].exercises).index(n)
+                   if n in results[0].exercises else 99)
+    tmp = path.with_suffix(".csv.tmp")
+    with tmp.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["student", "assignment", "status", "score", "max_score", *names, "notes"])
+        for r in sorted(results, key=lambda r: r.student):
+            w.writerow([r.student, r.assignment, r.status, r.score, r.max_score,
+                        *[r.exercises.get(n, {}).get("score", 0.0) for n in names], " | ".join(r.notes)])
+    os.replace(tmp, path)
+
+
+def table(results: list[Result]) -> str:
+    rows = [f"{'student':<24} {'status':<8} {'score':>11}  notes"]
+    for r in sorted(results, key=lambda r: r.student):
+        note = ("; ".join(r.notes))[:90]
+        rows.append(f"{r.student:<24} {r.status:<8} {r.score:>5g} / {r.max_score:<4g} {note}")
+    return "\n".join(rows)
+
+
+def run(paths: list[Path], assignment: str, out: Path, *, jobs: int = 1, shard: tuple[int, int] | None = None,
+        force: bool = False, progress: bool = True) -> list[Result]:
+    subs = collect(paths, assignment)
+    if shard:
+        i, n = shard
+        subs = [s for k, s in enumerate(sorted(subs, key=lambda s: s.student)) if k % n == i - 1]
+    batch = Batch(assignment, out)
+    results: list[Result] = []
+    todo = []
+    for s in subs:
+        hit = None if force else batch.cached(s)
+        (results.append(hit) if hit else todo.append(s))
+    if todo:
+        batch.prepare()
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(todo), desc=f"autograde {assignment}", unit="nb", disable=not progress, file=sys.stderr)
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        for fut in as_completed([pool.submit(batch.grade, s) for s in todo]):
+            results.append(fut.result())
+            bar.update(1)
+    bar.close()
+    write_csv(results, out / "grades.csv")
+    shutil.rmtree(batch.work, ignore_errors=True)
+    return results

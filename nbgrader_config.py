@@ -1,0 +1,54 @@
+"""nbgrader configuration for Series 7: plain `nbgrader ...` commands work from the repo root.
+
+The course root is this folder; each top-level directory is one CourseDirectory setting.
+"""
+
+import os
+
+c = get_config()  # noqa: F821 (provided by nbgrader)
+
+here = os.path.dirname(os.path.abspath(__file__))
+c.CourseDirectory.root = os.environ.get("COURSE_ROOT", here)
+c.CourseDirectory.course_id = "series7"
+c.CourseDirectory.source_directory = "source"
+c.CourseDirectory.release_directory = "release"
+c.CourseDirectory.solution_directory = "solutions"
+c.CourseDirectory.autograded_directory = "autograded"
+c.CourseDirectory.submitted_directory = "submitted"
+c.CourseDirectory.feedback_directory = "feedback"
+# Authoring leftovers must not be copied into release/ (generate_assignment copies every file).
+c.CourseDirectory.ignore = [".ipynb_checkpoints", "*.pyc", "__pycache__", ".OTTER_LOG", "*.py", "*.md"]
+c.CourseDirectory.db_url = os.environ.get("COURSE_DB_URL", "sqlite:///" + os.path.join(c.CourseDirectory.root, "gradebook.db"))
+
+# Stand-in weights and a hidden test on a 28-block real model both finish well inside this.
+c.Execute.timeout = int(os.environ.get("COURSE_CELL_TIMEOUT", "60"))
+c.Execute.allow_errors = True
+c.Execute.interrupt_on_timeout = True
+
+# solutions/: no outputs (reproducible, no base64 images), no hidden tests, no solution markers.
+from nbgrader.preprocessors import (  # noqa: E402
+    ClearHiddenTests,
+    ClearMarkScheme,
+    ClearOutput,
+    IncludeHeaderFooter,
+    LockCells,
+)
+
+from grader.nbgrader_plugins import ScrubGradedOutputs, StripSolutionMarkers  # noqa: E402
+
+c.GenerateSolution.preprocessors = [
+    IncludeHeaderFooter, LockCells, ClearOutput, ClearMarkScheme,
+    ClearHiddenTests,          # before StripSolutionMarkers: both edit the same source lines
+    StripSolutionMarkers,
+]
+
+# feedback/: hidden test code removed, and tracebacks that would quote it rewritten.
+from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor  # noqa: E402
+from nbgrader.preprocessors import GetGrades  # noqa: E402
+
+c.GenerateFeedback.preprocessors = [
+    GetGrades,                 # first: reads scores from the cells as graded
+    ClearHiddenTests,
+    ScrubGradedOutputs,
+    CSSHTMLHeaderPreprocessor,
+]
