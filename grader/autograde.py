@@ -36,6 +36,7 @@ NOTEBOOK_TIMEOUT = int(os.environ.get("COURSE_NOTEBOOK_TIMEOUT", "900"))
 class Submission:
     student: str
     path: Path
+    named_by_student: bool = False   # nbgrader layout: the file name was the student's to keep
 
 
 @dataclass
@@ -71,7 +72,7 @@ def collect(paths: list[Path], assignment: str) -> list[Submission]:
             for student_dir in roots:
                 nbs = sorted((student_dir / assignment).glob("*.ipynb"))
                 if nbs:
-                    subs.append(Submission(student_dir.name, nbs[0]))
+                    subs.append(Submission(student_dir.name, nbs[0], named_by_student=True))
         elif path.is_dir():
             subs.extend(Submission(p.stem, p) for p in sorted(path.glob("*.ipynb")))
         else:
@@ -187,7 +188,7 @@ class Batch:
         submitted = read_notebook(sub.path)
         fixed = normalise(submitted, self.source_nb)
         result.notes.extend(fixed.notes)
-        if sub.path.name != self.source.name:
+        if sub.named_by_student and sub.path.name != self.source.name:
             result.notes.append(f"file was named {sub.path.name}; graded as {self.source.name}")
         root = self.work / f"s-{sub.student}"
         shutil.rmtree(root, ignore_errors=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import torch
 
@@ -37,14 +37,20 @@ def call(fn: Any, name: str, *args: Any, forbidden: Iterable[str] = (), case: st
             return fn(*args)
     except ReferenceCallError:
         raise
-    except NotImplementedError:
-        raise SubmissionError(f"{name}: not implemented yet (it raises NotImplementedError).") from None
+    except NotImplementedError as exc:
+        raise SubmissionError(_not_implemented(name, fn, exc)) from None
     except Exception as exc:  # the student's bug, reported with the input that triggered it
         raise SubmissionError(f"{name}{where} raised {type(exc).__name__}: {exc}") from exc
 
 
-def describe(t: torch.Tensor) -> str:
-    return f"{tuple(t.shape)}"
-
-
-Checker = Callable[..., None]
+def _not_implemented(name: str, fn: Any, exc: BaseException) -> str:
+    """Name the unfinished function: often an earlier exercise that this one calls."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    where = tb.tb_frame.f_code.co_name if tb is not None else name
+    own = getattr(fn, "__name__", name)
+    if where not in (own, name, "<module>"):
+        return (f"{name}: it calls `{where}`, which is not implemented yet "
+                f"(raises NotImplementedError): finish that one first.")
+    return f"{name}: not implemented yet (it raises NotImplementedError)."

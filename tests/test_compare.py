@@ -1,0 +1,55 @@
+"""The comparison helper: what it reports and which mistakes it names."""
+
+import pytest
+import torch
+
+from grader.compare import ComparisonError, assert_close
+
+E = torch.randn(2, 6, 6, 12, generator=torch.Generator().manual_seed(0))
+
+
+def _message(actual, expected=E, **kw):
+    with pytest.raises(ComparisonError) as err:
+        assert_close(actual, expected, name="x", **kw)
+    return str(err.value)
+
+
+def test_rounding_passes():
+    assert_close(E * (1 + 1e-7), E, name="x")
+
+
+def test_shape_comes_first_and_permutation_is_named():
+    msg = _message(E.permute(0, 3, 1, 2))
+    assert msg.startswith("x: shape (2, 12, 6, 6), expected (2, 6, 6, 12)")
+    assert "permuted by [0, 3, 1, 2]" in msg
+
+
+@pytest.mark.parametrize("actual,needle", [
+    pytest.param(-E, "sign flipped", id="sign"),
+    pytest.param(E * 8 ** 0.5, "constant factor of about 2.828", id="scale_sqrt_d"),
+    pytest.param(E + 0.5, "plus a constant", id="offset"),
+    pytest.param(E.transpose(1, 2), "dimensions 1 and 2 swapped", id="transpose"),
+    pytest.param(torch.cat(E.chunk(2, -1)[::-1], -1), "2 chunks in the wrong order", id="chunks"),
+    pytest.param(E.flip(1), "reversed along dimension 1", id="flip"),
+])
+def test_diagnosis(actual, needle):
+    msg = _message(actual)
+    assert needle in msg
+    assert "tolerance 1e-04" in msg and "worst element at index" in msg
+
+
+def test_named_variant_wins():
+    wrong = E * 3 + 1
+    assert "with shift and scale swapped" in _message(wrong, variants={"shift and scale swapped": wrong})
+
+
+def test_dtype_device_and_nan_and_type():
+    assert "dtype torch.float64" in _message(E.double())
+    assert "NaN" in _message(E.clone().fill_(float("nan")))
+    assert "expected a torch.Tensor, got list" in _message([1, 2])
+
+
+def test_relative_tolerance_scales_with_the_tensor():
+    big = E * 1e4
+    assert_close(big + 1e-3 * torch.randn_like(big), big, name="x")  # 1e-7 relative: fine
+    assert "values differ" in _message(big * (1 + 1e-3), big)
