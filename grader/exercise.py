@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import copy
+import os
 from typing import Any, Iterable
 
 import torch
 
 from .guard import ReferenceCallError, forbid
 from .runtime import strict_fp32
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 class SubmissionError(AssertionError):
@@ -40,15 +44,25 @@ def call(fn: Any, name: str, *args: Any, forbidden: Iterable[str] = (), case: st
     except NotImplementedError as exc:
         raise SubmissionError(_not_implemented(name, fn, exc)) from None
     except Exception as exc:  # the student's bug, reported with the input that triggered it
-        raise SubmissionError(f"{name}{where} raised {type(exc).__name__}: {exc}") from exc
+        inner = _innermost(exc)
+        via = f" (in `{inner}`)" if inner not in (getattr(fn, "__name__", name), name, "<module>") else ""
+        raise SubmissionError(f"{name}{where} raised {type(exc).__name__}{via}: {exc}") from exc
+
+
+def _innermost(exc: BaseException) -> str:
+    """The function that raised, for messages: the student's own, not torch's internals."""
+    tb, found = exc.__traceback__, "<module>"
+    while tb is not None:
+        filename = tb.tb_frame.f_code.co_filename
+        if "site-packages" not in filename and not filename.startswith(_PACKAGE_DIR):
+            found = tb.tb_frame.f_code.co_name
+        tb = tb.tb_next
+    return found
 
 
 def _not_implemented(name: str, fn: Any, exc: BaseException) -> str:
     """Name the unfinished function: often an earlier exercise that this one calls."""
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    where = tb.tb_frame.f_code.co_name if tb is not None else name
+    where = _innermost(exc)
     own = getattr(fn, "__name__", name)
     if where not in (own, name, "<module>"):
         return (f"{name}: it calls `{where}`, which is not implemented yet "

@@ -1,0 +1,180 @@
+"""Lesson 10 end to end through real nbgrader: one batch of good, partial, broken and hostile-ish
+submissions graded by `course autograde`, scores checked against an in-process grading of the
+same code, and every damaged submission given a score and a reason.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import nbformat
+import pytest
+
+from grader.autograde import run
+from grader.exercises import lesson
+from tests.notebook_code import REPO
+
+pytestmark = pytest.mark.slow
+
+LESSON = "10_diffusion_transformers"
+EXAMPLES = REPO / "tests" / "submissions" / LESSON
+RELEASE = REPO / "release" / LESSON / "diffusion_transformers.ipynb"
+EXERCISES = lesson(LESSON).EXERCISES
+MAX = sum(e.points for e in EXERCISES.values())
+
+
+def _edit_answer(nb, exercise: str, edit) -> None:
+    for cell in nb.cells:
+        if cell.metadata.get("nbgrader", {}).get("grade_id") == f"{exercise}_answer":
+            cell.source = edit(cell.source)
+            return
+    raise KeyError(exercise)
+
+
+def _inject(source: str, func: str, lines: str) -> str:
+    """Insert ``lines`` as the first statements of ``func``'s body (after its docstring)."""
+    m = re.search(rf"def {func}\(.*?\):\n(    \"\"\".*?\"\"\"\n)?", source, re.S)
+    return source[: m.end()] + "".join(f"    {l}\n" for l in lines.splitlines()) + source[m.end():]
+
+
+def expected_score(path) -> float:
+    """Grade a notebook's answer cells in-process with the same hidden tests (independent of nbgrader)."""
+    nb = nbformat.read(path, as_version=4)
+    ns: dict = {}
+    code = "\n\n".join(c.source for c in nb.cells if c.metadata.get("nbgrader", {}).get("solution"))
+    exec("import math, torch\nimport torch.nn.functional as F\n" + code, ns)
+    total = 0.0
+    for name, ex in EXERCISES.items():
+        try:
+            ex.hidden(ns.get(name))
+            total += ex.points
+        except AssertionError:
+            pass
+    return total
+
+
+@pytest.fixture(scope="module")
+def graded(tmp_path_factory):
+    root = tmp_path_factory.mktemp("batch")
+    flat = root / "flat"
+    flat.mkdir()
+    for f in EXAMPLES.glob("*.ipynb"):
+        shutil.copy(f, flat / f.name)
+    shutil.copy(RELEASE, flat / "stub.ipynb")
+    correct = nbformat.read(EXAMPLES / "correct.ipynb", as_version=4)
+
+    nb = nbformat.from_dict(correct)
+    _edit_answer(nb, "patchify", lambda s: "import sys, warnings\n" + _inject(
+        s, "patchify", 'warnings.warn("a student warning")\nprint("debug output", file=sys.stderr)'))
+    nbformat.write(nb, flat / "warns.ipynb")
+
+    nb = nbformat.from_dict(correct)
+    nb.cells = [c for c in nb.cells if not c.metadata.get("nbgrader", {}).get("grade")]
+    nbformat.write(nb, flat / "deleted_tests.ipynb")
+
+    nb = nbformat.from_dict(correct)
+    for c in nb.cells:
+        c.metadata = {}
+    nbformat.write(nb, flat / "stripped_metadata.ipynb")
+
+    nb = nbformat.from_dict(correct)
+    for c in nb.cells:  # a student who "fixes" the tests
+        if c.metadata.get("nbgrader", {}).get("grade"):
+            c.source = "assert True"
+    _edit_answer(nb, "unpatchify", lambda s: _inject(s, "unpatchify", "return tokens"))
+    nbformat.write(nb, flat / "edited_tests.ipynb")
+
+    nb = nbformat.from_dict(correct)
+    _edit_answer(nb, "timestep_embedding", lambda s: _inject(s, "timestep_embedding", 'raise ValueError("oops")'))
+    nbformat.write(nb, flat / "raises.ipynb")
+
+
+    layout = root / "submitted" / "renamed" / LESSON
+    layout.mkdir(parents=True)
+    shutil.copy(EXAMPLES / "correct.ipynb", layout / "my answers (final).ipynb")
+
+    out = root / "out"
+    results = run([flat, root / "submitted"], LESSON, out, jobs=2, progress=False)
+    return {r.student: r for r in results}, out, flat
+
+
+def test_hanging_function_costs_only_the_cells_that_call_it(tmp_path, monkeypatch):
+    nb = nbformat.read(EXAMPLES / "correct.ipynb", as_version=4)
+    _edit_answer(nb, "dit_forward", lambda s: _inject(s, "dit_forward", "while True:\n    pass"))
+    nbformat.write(nb, tmp_path / "hangs.ipynb")
+    monkeypatch.setenv("COURSE_CELL_TIMEOUT", "10")  # nbgrader's per-cell limit, read from the config
+    (r,) = run([tmp_path / "hangs.ipynb"], LESSON, tmp_path / "out", progress=False)
+    assert r.status == "graded" and r.score == MAX - EXERCISES["dit_forward"].points
+    assert "timeout" in r.exercises["dit_forward"]["message"].lower()
+
+
+def test_every_submission_has_a_result(graded):
+    results, out, flat = graded
+    names = {p.stem for p in flat.glob("*.ipynb")} | {"renamed"}
+    assert set(results) == names
+    assert all((out / "results" / f"{n}.json").is_file() for n in names)
+    rows = (out / "grades.csv").read_text().splitlines()
+    assert len(rows) == len(names) + 1 and rows[0].startswith("student,assignment,status,score")
+
+
+@pytest.mark.parametrize("student", ["correct", "warns", "deleted_tests", "stripped_metadata", "renamed"])
+def test_full_marks(graded, student):
+    r = graded[0][student]
+    assert (r.status, r.score, r.max_score) == ("graded", MAX, MAX), r
+
+
+def test_stub_scores_zero(graded):
+    r = graded[0]["stub"]
+    assert r.status == "graded" and r.score == 0
+    assert all("not implemented yet" in e["message"] for e in r.exercises.values())
+
+
+@pytest.mark.parametrize("student", ["partly_wrong", "raises"])
+def test_partial_scores_match_in_process_grading(graded, student):
+    results, _, flat = graded
+    assert 0 < results[student].score < MAX
+    assert results[student].score == expected_score(flat / f"{student}.ipynb")
+
+
+def test_broken_json_gets_zero_and_a_reason(graded):
+    r = graded[0]["broken"]
+    assert (r.status, r.score) == ("invalid", 0) and "not valid JSON" in r.notes[0]
+
+
+def test_damage_is_reported(graded):
+    results = graded[0]
+    assert any("deleted in the submission, restored" in n for n in results["deleted_tests"].notes)
+    assert any("lost their nbgrader metadata" in n for n in results["stripped_metadata"].notes)
+    assert any("graded as diffusion_transformers.ipynb" in n for n in results["renamed"].notes)
+
+
+def test_edited_tests_earn_nothing_extra(graded):
+    r = graded[0]["edited_tests"]
+    assert r.score == MAX - EXERCISES["unpatchify"].points - EXERCISES["dit_forward"].points
+
+
+def test_raising_cell_reports_the_students_exception(graded):
+    r = graded[0]["raises"]
+    assert "ValueError: oops" in r.exercises["timestep_embedding"]["message"]
+    assert "timestep_embedding" in r.exercises["dit_block"]["message"]
+
+
+def test_feedback_shows_messages_but_no_hidden_tests(graded):
+    results, out, _ = graded
+    for r in results.values():
+        if r.status != "graded":
+            continue
+        html = (out / "feedback" / r.student / LESSON / "diffusion_transformers.html").read_text()
+        assert "BEGIN HIDDEN TESTS" not in html and "grade(LESSON" not in html
+        assert "grader.exercises" not in html
+    html = (out / "feedback" / "partly_wrong" / LESSON / "diffusion_transformers.html").read_text()
+    assert "column-major order" in html  # the diagnosis reaches the student
+
+
+def test_resume_reuses_finished_results(graded, tmp_path):
+    results, out, flat = graded
+    before = json.loads((out / "results" / "correct.json").read_text())
+    again = run([flat / "correct.ipynb"], LESSON, out, progress=False)
+    assert again[0].seconds == before["seconds"]  # not regraded

@@ -1,0 +1,48 @@
+"""Instructors' usual commands work from nbgrader_config.py in a copy of the repository."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.notebook_code import REPO
+
+pytestmark = pytest.mark.slow
+LESSON = "10_diffusion_transformers"
+
+
+def _nbgrader(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"])
+    env.pop("COURSE_ROOT", None)
+    return subprocess.run([sys.executable, "-m", "nbgrader", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_generate_autograde_feedback_solution(tmp_path):
+    course = tmp_path / "course"
+    course.mkdir()
+    shutil.copytree(REPO / "source", course / "source")
+    shutil.copy(REPO / "nbgrader_config.py", course)
+    for cmd in (["generate_assignment", LESSON], ["generate_solution", LESSON]):
+        done = _nbgrader(course, *cmd, "--force")
+        assert done.returncode == 0, done.stdout + done.stderr
+    sub = course / "submitted" / "alice" / LESSON
+    sub.mkdir(parents=True)
+    shutil.copy(REPO / "tests" / "submissions" / LESSON / "correct.ipynb", sub / "diffusion_transformers.ipynb")
+    done = _nbgrader(course, "autograde", LESSON, "--student", "alice")
+    assert done.returncode == 0, done.stdout + done.stderr
+    done = _nbgrader(course, "generate_feedback", LESSON, "--student", "alice")
+    assert done.returncode == 0, done.stdout + done.stderr
+    html = (course / "feedback" / "alice" / LESSON / "diffusion_transformers.html").read_text()
+    assert "BEGIN HIDDEN TESTS" not in html and "grade(LESSON" not in html
+    from nbgrader.api import Gradebook
+
+    with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
+        assert gb.find_submission(LESSON, "alice").score == 18
+    solution = (course / "solutions" / LESSON / "diffusion_transformers.ipynb").read_text()
+    assert "HIDDEN TESTS" not in solution and "BEGIN SOLUTION" not in solution
