@@ -24,6 +24,9 @@ c.CourseDirectory.db_url = os.environ.get("COURSE_DB_URL", "sqlite:///" + os.pat
 c.Execute.timeout = int(os.environ.get("COURSE_CELL_TIMEOUT", "60"))
 c.Execute.allow_errors = True
 c.Execute.interrupt_on_timeout = True
+# Only the kernels nbgrader starts to grade get this flag: public checks (ungraded, ~2 s of
+# otter import) are skipped there; a student's or instructor's own kernel never sees it.
+c.Execute.extra_arguments = ["--IPKernelApp.exec_lines=['import os; os.environ[\"COURSE_AUTOGRADING\"] = \"1\"']"]
 
 # solutions/: no outputs (reproducible, no base64 images), no hidden tests, no solution markers.
 from nbgrader.preprocessors import (  # noqa: E402

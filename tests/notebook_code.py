@@ -1,49 +1,13 @@
-"""The source notebooks' answers as Python namespaces, so hidden tests run in-process.
-
-The source notebook is the single source of truth: answers are read from its cells
-(solution markers dropped), never copied into a .py file.
-"""
+"""Wrong implementations run inside the source notebook's answers, so hidden tests run in-process."""
 
 from __future__ import annotations
 
 import importlib
 import inspect
-from functools import lru_cache
 from pathlib import Path
 
-import nbformat
 
-REPO = Path(__file__).resolve().parent.parent
-
-
-def source_path(assignment: str) -> Path:
-    (path,) = sorted((REPO / "source" / assignment).glob("*.ipynb"))
-    return path
-
-
-def answer_cells(assignment: str) -> dict[str, str]:
-    """grade_id -> answer source without the ### BEGIN/END SOLUTION lines."""
-    nb = nbformat.read(source_path(assignment), as_version=4)
-    out = {}
-    for cell in nb.cells:
-        meta = cell.metadata.get("nbgrader", {})
-        if meta.get("solution"):
-            lines = [l for l in cell.source.splitlines() if "### BEGIN SOLUTION" not in l and "### END SOLUTION" not in l]
-            out[meta["grade_id"]] = "\n".join(lines)
-    return out
-
-
-@lru_cache(maxsize=None)
-def _solution_code(assignment: str) -> str:
-    return "\n\n".join(answer_cells(assignment).values())
-
-
-def solution_namespace(assignment: str) -> dict:
-    """A fresh namespace holding every answer of the source notebook (plus its imports)."""
-    ns: dict = {}
-    exec("import math\nimport torch\nimport torch.nn.functional as F\n", ns)
-    exec(compile(_solution_code(assignment), f"<{assignment} solutions>", "exec"), ns)
-    return ns
+from grader.notebook_code import REPO, answer_cells, solution_namespace, source_path  # noqa: F401
 
 
 def wrong_module(assignment: str):

@@ -1,0 +1,82 @@
+"""Measure, don't time-test: check latency, notebook run time, autograde time per submission."""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import nbformat
+
+from . import LESSONS
+from .notebook_code import REPO, solution_namespace, source_path
+
+
+def check_latency(lesson: str, repeat: int) -> dict[str, dict[str, float]]:
+    """Seconds per `checks.run(name)` (otter included), first call and p50 of the warm ones."""
+    import contextlib
+    import io
+
+    from .checks import LessonChecks
+    from .exercises import lesson as lesson_module
+
+    ns = solution_namespace(lesson)
+    checks = LessonChecks(lesson)
+    out = {}
+    for name in lesson_module(lesson).EXERCISES:
+        times = []
+        for _ in range(repeat + 1):
+            start = time.perf_counter()
+            with contextlib.redirect_stdout(io.StringIO()):
+                ok = checks.run(name, ns)
+            times.append(time.perf_counter() - start)
+            assert ok, f"the solution fails its own public check {name}"
+        out[name] = {"first_s": round(times[0], 3), "p50_s": round(statistics.median(times[1:]), 4),
+                     "max_s": round(max(times[1:]), 4)}
+    return out
+
+
+def notebook_seconds(lesson: str) -> float:
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(source_path(lesson), as_version=4)
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": tmp}}).execute()
+        return round(time.perf_counter() - start, 2)
+
+
+def autograde_seconds(lesson: str) -> dict[str, float]:
+    from .autograde import run
+
+    example = REPO / "tests" / "submissions" / lesson / "correct.ipynb"
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        (r,) = run([example], lesson, Path(tmp), force=True, progress=False)
+        total = time.perf_counter() - start
+    assert r.score == r.max_score, r
+    return {"one_submission_s": round(r.seconds, 2), "with_batch_setup_s": round(total, 2)}
+
+
+def main(args) -> int:
+    lessons = args.lessons or [l for l in LESSONS if (REPO / "source" / l).is_dir()]
+    report = {"machine": f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} CPUs, "
+                         f"{platform.system()}", "lessons": {}}
+    for lesson in lessons:
+        lat = check_latency(lesson, args.repeat)
+        entry = {"checks": lat, "notebook_s": notebook_seconds(lesson), "autograde": autograde_seconds(lesson)}
+        report["lessons"][lesson] = entry
+        p50 = statistics.median(v["p50_s"] for v in lat.values())
+        print(f"{lesson}: public check p50 {p50 * 1000:.1f} ms (slowest p50 "
+              f"{max(v['p50_s'] for v in lat.values()) * 1000:.1f} ms, first call up to "
+              f"{max(v['first_s'] for v in lat.values()):.2f} s); notebook {entry['notebook_s']} s; "
+              f"autograde {entry['autograde']['one_submission_s']} s per submission "
+              f"({entry['autograde']['with_batch_setup_s']} s with batch setup)")
+        for name, v in lat.items():
+            print(f"    {name:<22} first {v['first_s']:.3f} s  p50 {v['p50_s'] * 1000:7.2f} ms  max {v['max_s'] * 1000:7.2f} ms")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    return 0
