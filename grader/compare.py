@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Mapping
+from typing import Callable, Mapping, Union
 
 import torch
 
@@ -51,11 +51,16 @@ def _close(a: torch.Tensor, e: torch.Tensor, tol: float = 1e-3) -> bool:
     return rel <= tol
 
 
-def diagnose(actual: torch.Tensor, expected: torch.Tensor, variants: Mapping[str, torch.Tensor] | None = None) -> str | None:
+Variant = Union[torch.Tensor, Callable[[], torch.Tensor], None]
+
+
+def diagnose(actual: torch.Tensor, expected: torch.Tensor, variants: Mapping[str, Variant] | None = None) -> str | None:
     """Name the classic mistake the output matches, or None. Same-shape inputs only."""
     a = actual.detach().double().cpu()
     e = expected.detach().double().cpu()
     for description, variant in (variants or {}).items():
+        if callable(variant):  # expensive variants (a whole extra model forward) only on failure
+            variant = variant()
         if variant is not None and _close(a, variant.detach().double().cpu()):
             return f"your output matches what you get with {description}."
     if _close(a, -e):
@@ -108,14 +113,15 @@ def assert_close(
     name: str,
     rtol: float = RTOL,
     max_tol: float = MAX_TOL,
-    variants: Mapping[str, torch.Tensor] | None = None,
+    variants: Mapping[str, Variant] | None = None,
     check_dtype: bool = True,
     check_device: bool = True,
 ) -> None:
     """Raise :class:`ComparisonError` unless ``actual`` matches ``expected`` to the tolerance.
 
     ``variants`` maps a description of a known mistake ("shift and scale swapped") to the
-    output that mistake produces; a match is reported as the diagnosis.
+    output that mistake produces (or a function computing it, called only on failure); a
+    match is reported as the diagnosis.
     """
     if not isinstance(actual, torch.Tensor):
         raise ComparisonError(f"{name}: expected a torch.Tensor, got {type(actual).__name__}.")

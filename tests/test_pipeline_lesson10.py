@@ -104,7 +104,7 @@ def test_hanging_function_costs_only_the_cells_that_call_it(tmp_path, monkeypatc
     nb = nbformat.read(EXAMPLES / "correct.ipynb", as_version=4)
     _edit_answer(nb, "dit_forward", lambda s: _inject(s, "dit_forward", "while True:\n    pass"))
     nbformat.write(nb, tmp_path / "hangs.ipynb")
-    monkeypatch.setenv("COURSE_CELL_TIMEOUT", "10")  # nbgrader's per-cell limit, read from the config
+    monkeypatch.setenv("COURSE_CELL_TIMEOUT", "20")  # nbgrader's per-cell limit; room for a slow setup cell
     (r,) = run([tmp_path / "hangs.ipynb"], LESSON, tmp_path / "out", progress=False)
     assert r.status == "graded" and r.score == MAX - EXERCISES["dit_forward"].points
     assert "timeout" in r.exercises["dit_forward"]["message"].lower()

@@ -7,7 +7,7 @@ the real DiT-XL/2 weights when present, and the GPU when there is one.
 
 from __future__ import annotations
 
-import math
+import copy
 
 import torch
 import torch.nn.functional as F
@@ -115,6 +115,8 @@ def _check_pos_embed(fn, hidden: bool) -> str:
 
 # ---------------------------------------------------------------- 4. timestep embedding
 def _check_timestep(fn, hidden: bool) -> str:
+    from diffusers.models.embeddings import get_timestep_embedding
+
     dev, seed = _dev(hidden), _seed(hidden)
     if hidden:
         g = generator(seed)
@@ -127,7 +129,6 @@ def _check_timestep(fn, hidden: bool) -> str:
         expected = ref.timestep_embedding(t, dim)
         label = f"{t.numel()} timesteps, dim {dim}"
         got = call(fn, "timestep_embedding", t, dim, forbidden=FORBID_TIME, case=label)
-        from diffusers.models.embeddings import get_timestep_embedding
         assert_close(got, expected, name=f"timestep_embedding with {label}", variants={
             "downscale_freq_shift=0 (SD3/Flux's spacing; DiT uses 1)":
                 get_timestep_embedding(t, dim, flip_sin_to_cos=True, downscale_freq_shift=0),
@@ -200,7 +201,6 @@ def _check_attention(fn, hidden: bool) -> str:
     attn = block.attn1
     cases = [(2, 9, attn)] if hidden else [(1, 5, attn)]
     if hidden:
-        torch.manual_seed(seed % (2**31))
         other = Attention(query_dim=15, heads=3, dim_head=5, bias=True).to(dev).eval()
         reinitialise_(other, seed % 1000)
         cases.append((3, 6, other))
@@ -228,8 +228,6 @@ def _labels(B: int, block, seed: int, dev) -> torch.Tensor:
 
 
 def _without_attention_gate(block):
-    import copy
-
     probe = copy.deepcopy(block)
     D = probe.norm1.linear.in_features
     with torch.no_grad():
@@ -261,7 +259,8 @@ def _check_block(fn, hidden: bool) -> str:
 # ---------------------------------------------------------------- 8. the whole DiT forward
 def _check_forward(fn, hidden: bool) -> str:
     dev, seed = _dev(hidden), _seed(hidden)
-    model, source = weights.get("dit_model", dev)
+    # The public check stays instant: the whole real DiT-XL/2 (2.7 GB) only in hidden tests.
+    model, source = weights.get("dit_model", dev, standin=not hidden)
     cfg = model.config
     S = cfg.sample_size
     cases = [2] if hidden else [1]
@@ -274,7 +273,7 @@ def _check_forward(fn, hidden: bool) -> str:
         got = call(fn, "dit_forward", model, x, t, y, forbidden=FORBID_MODEL, case=label)
         assert_close(got, expected, name=f"dit_forward on {label}", variants={
             "the final layer's shift and scale swapped (DiT's proj_out_1 gives shift, then scale)":
-                ref.final_layer_variant(model, x, t, y, swap_shift_scale=True),
+                lambda: ref.final_layer_variant(model, x, t, y, swap_shift_scale=True),
         })
     return _passed("dit_forward", len(cases), source, hidden)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from functools import lru_cache
@@ -81,16 +82,17 @@ def load_part(name: str, device: torch.device | str = "cpu", *, source: Source |
 
 
 @lru_cache(maxsize=16)
-def _cached(name: str, device: str, weights_dir: str | None) -> tuple[torch.nn.Module, Source]:
+def _cached(name: str, device: str, weights_dir: str | None, standin: bool | None) -> tuple[torch.nn.Module, Source]:
     p = part(name)
-    return load_part(name, device, source=resolve(p.checkpoint, weights_dir))
+    return load_part(name, device, source=resolve(p.checkpoint, weights_dir, standin_only=standin or None))
 
 
-def get(name: str, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, Source]:
-    """Cached :func:`load_part` for the grading process (a fresh copy of the weights each call)."""
-    module, source = _cached(name, str(device), os.environ.get("COURSE_WEIGHTS_DIR"))
-    import copy
+def get(name: str, device: torch.device | str = "cpu", *, standin: bool = False) -> tuple[torch.nn.Module, Source]:
+    """Cached :func:`load_part` for the grading process (a fresh copy of the weights each call).
 
+    ``standin=True`` forces the stand-in (for checks that must stay instant on a CPU).
+    """
+    module, source = _cached(name, str(device), os.environ.get("COURSE_WEIGHTS_DIR"), standin)
     return copy.deepcopy(module), source
 
 
