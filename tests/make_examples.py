@@ -17,13 +17,14 @@ import nbformat
 
 from tests.notebook_code import REPO, answer_cells, wrong_module
 
-#: lesson -> (answers replaced by wrong implementations, answers left as the stub)
-PARTLY_WRONG = {
-    "10_diffusion_transformers": (
-        {"patchify_answer": "patchify__tokens_column_major", "adaln_zero_answer": "adaln_zero__no_one_plus"},
-        ["self_attention_answer"],
-    ),
-}
+
+def lessons_with_examples() -> list[str]:
+    """Every source lesson whose tests/wrong/<slug>.py says how its partly-wrong example is made."""
+    out = []
+    for folder in sorted((REPO / "source").iterdir()):
+        if folder.is_dir() and hasattr(wrong_module(folder.name), "PARTLY_WRONG"):
+            out.append(folder.name)
+    return out
 
 
 def _release_notebook(lesson: str) -> tuple[Path, nbformat.NotebookNode]:
@@ -59,7 +60,8 @@ def build(lesson: str) -> dict[str, str]:
                     cell.source = answers[gid]
         return nbformat.writes(nb) + "\n"
 
-    replace, stub = PARTLY_WRONG[lesson]
+    # tests/wrong/<slug>.py: PARTLY_WRONG = ({answer grade_id: wrong function}, [answers left as stubs])
+    replace, stub = wrong_module(lesson).PARTLY_WRONG
     correct = filled({}, [])
     return {"correct.ipynb": correct,
             "partly_wrong.ipynb": filled(replace, stub),
@@ -68,7 +70,7 @@ def build(lesson: str) -> dict[str, str]:
 
 def main(argv: list[str]) -> int:
     stale = []
-    for lesson in PARTLY_WRONG:
+    for lesson in lessons_with_examples():
         folder = REPO / "tests" / "submissions" / lesson
         for name, text in build(lesson).items():
             target = folder / name

@@ -14,7 +14,6 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
-LESSON_MODULES = {"10_diffusion_transformers": "diffusion_transformers"}
 
 
 @dataclass(frozen=True)
@@ -26,11 +25,15 @@ class Exercise:
 
 
 def lesson(assignment: str):
-    """The exercises module of an assignment folder name such as ``10_diffusion_transformers``."""
+    """The exercises module of an assignment folder: ``10_diffusion_transformers`` ->
+    ``grader.exercises.diffusion_transformers`` (one module per lesson, named after it)."""
+    slug = assignment.split("_", 1)[-1]
     try:
-        return importlib.import_module(f"grader.exercises.{LESSON_MODULES[assignment]}")
-    except KeyError:
-        raise KeyError(f"no exercises for {assignment!r}; known: {sorted(LESSON_MODULES)}") from None
+        return importlib.import_module(f"grader.exercises.{slug}")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"grader.exercises.{slug}":
+            raise
+        raise KeyError(f"no exercises module grader/exercises/{slug}.py for {assignment!r}") from None
 
 
 def grade(assignment: str, name: str, fn: Any) -> None:

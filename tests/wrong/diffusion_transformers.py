@@ -5,6 +5,12 @@ import math
 import torch
 import torch.nn.functional as F
 
+#: The bundled partly-wrong example (tests/make_examples.py): answers replaced, answers left as stubs.
+PARTLY_WRONG = (
+    {"patchify_answer": "patchify__tokens_column_major", "adaln_zero_answer": "adaln_zero__no_one_plus"},
+    ["self_attention_answer"],
+)
+
 
 # ---------------------------------------------------------------- patchify
 def patchify__tokens_column_major(x, weight, bias):
