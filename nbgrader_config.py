@@ -55,3 +55,35 @@ c.GenerateFeedback.preprocessors = [
     ScrubGradedOutputs,
     CSSHTMLHeaderPreprocessor,
 ]
+
+# Grading you can trust (README "Trusted grading"): the submission is rebuilt on the source
+# notebook before anything runs; the kernel runs in grader.sandbox; each graded cell's
+# verdict is decided outside the student's kernel (grader.replay) and written into the cell
+# before SaveAutoGrades reads it.
+from nbconvert.preprocessors import ClearMetadataPreprocessor  # noqa: E402
+from nbgrader.preprocessors import (  # noqa: E402
+    AssignLatePenalties,
+    CheckCellMetadata,
+    DeduplicateIds,
+    IgnorePattern,
+    LimitOutput,
+    OverwriteCells,
+    OverwriteKernelspec,
+    SaveAutoGrades,
+)
+
+from grader.nbgrader_plugins import NormaliseSubmission, SandboxedExecute, TrustedGrade  # noqa: E402
+
+c.Autograde.sanitize_preprocessors = [
+    ClearOutput, DeduplicateIds, OverwriteKernelspec,
+    NormaliseSubmission,       # before OverwriteCells, which only fixes cells that still exist
+    OverwriteCells, CheckCellMetadata,
+]
+c.Autograde.autograde_preprocessors = [
+    SandboxedExecute,
+    TrustedGrade,              # after the kernel is gone, before anything reads the outputs
+    IgnorePattern, ClearMetadataPreprocessor, LimitOutput,
+    SaveAutoGrades,
+    AssignLatePenalties, CheckCellMetadata,
+]
+c.TrustedGrade.timeout = int(os.environ.get("COURSE_NOTEBOOK_TIMEOUT", "900"))

@@ -279,6 +279,16 @@ def table(results: list[Result]) -> str:
     return "\n".join(rows)
 
 
+def load_results(folders: list[Path]) -> list[Result]:
+    """Every results/*.json under the given output folders (e.g. one per CI shard)."""
+    results: dict[tuple[str, str], Result] = {}
+    for folder in folders:
+        for path in sorted((folder / "results").glob("*.json")):
+            r = Result(**json.loads(path.read_text()))
+            results[(r.assignment, r.student)] = r
+    return list(results.values())
+
+
 def run(paths: list[Path], assignment: str, out: Path, *, jobs: int = 1, shard: tuple[int, int] | None = None,
         force: bool = False, progress: bool = True) -> list[Result]:
     subs = collect(paths, assignment)

@@ -1,4 +1,4 @@
-"""The ``course`` command: release, autograde, check, doctor, weights, bench, demo."""
+"""The ``course`` command: release, autograde, merge, check, doctor, weights, bench, demo."""
 
 from __future__ import annotations
 
@@ -63,6 +63,21 @@ def autograde(args) -> int:
                   force=args.force, progress=not args.no_progress)
     print(table(results))
     print(f"\nresults: {out / 'results'}  gradebook: {out / 'grades.csv'}  feedback: {out / 'feedback'}")
+    return 0
+
+
+def merge(args) -> int:
+    """Merge the results of several autograde output folders (CI shards) into one gradebook."""
+    from .autograde import load_results, table, write_csv
+
+    results = load_results([Path(f) for f in args.folders])
+    if not results:
+        raise SystemExit("no results/*.json found in " + ", ".join(args.folders))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(results, out / "grades.csv")
+    print(table(results))
+    print(f"\n{len(results)} results -> {out / 'grades.csv'}")
     return 0
 
 
@@ -197,6 +212,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--weights-dir", help="folder with real checkpoints (ORG/NAME/subfolder/...)")
 
+    p = sub.add_parser("merge", help="merge autograde output folders (CI shards) into one grades.csv")
+    p.add_argument("folders", nargs="+")
+    p.add_argument("-o", "--out", default="reports/merged")
+
     p = sub.add_parser("check", help="run a notebook and report its public checks")
     p.add_argument("notebook")
     p.add_argument("--exercise")
@@ -222,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "release":
         release(_lessons(args.lessons))
         return 0
-    return {"autograde": autograde, "check": check, "doctor": doctor, "weights": weights_cmd,
+    return {"autograde": autograde, "merge": merge, "check": check, "doctor": doctor, "weights": weights_cmd,
             "bench": bench, "demo": demo}[args.cmd](args)
 
 

@@ -123,8 +123,13 @@ def assert_close(
     output that mistake produces (or a function computing it, called only on failure); a
     match is reported as the diagnosis.
     """
+    from . import replay
+
+    if replay.recording():
+        return  # in the sandbox only outputs are collected; the verdict is made elsewhere
     if not isinstance(actual, torch.Tensor):
-        raise ComparisonError(f"{name}: expected a torch.Tensor, got {type(actual).__name__}.")
+        kind = getattr(actual, "course_type_name", type(actual).__name__)
+        raise ComparisonError(f"{name}: expected a torch.Tensor, got {kind}.")
     if actual.shape != expected.shape:
         msg = f"{name}: shape {tuple(actual.shape)}, expected {tuple(expected.shape)}."
         hint = _shape_hint(actual, expected)

@@ -29,7 +29,28 @@ def _fresh(value: Any) -> Any:
 
 
 def call(fn: Any, name: str, *args: Any, forbidden: Iterable[str] = (), case: str = "") -> Any:
-    """Call the student's ``fn`` on fresh copies of ``args``; turn every failure into a message."""
+    """Call the student's ``fn`` on fresh copies of ``args``; turn every failure into a message.
+
+    Under :mod:`grader.replay` the call is recorded (in the sandbox) or answered from the
+    record (in the trusted verifier) instead.
+    """
+    from . import replay
+
+    mode = replay.active()
+    if isinstance(mode, replay.Replayer):
+        return mode.next(name, case)
+    try:
+        result = _call(fn, name, args, forbidden, case)
+    except AssertionError as exc:
+        if isinstance(mode, replay.Recorder):
+            mode.add_error(name, case, str(exc), type(exc).__name__)
+        raise
+    if isinstance(mode, replay.Recorder):
+        mode.add_result(name, case, result)
+    return result
+
+
+def _call(fn: Any, name: str, args: tuple, forbidden: Iterable[str], case: str) -> Any:
     where = f" ({case})" if case else ""
     if fn is None:
         raise SubmissionError(f"{name}: not defined. Run the cell that defines `{name}` first.")
