@@ -74,16 +74,20 @@ from nbgrader.preprocessors import (  # noqa: E402
 
 from grader.nbgrader_plugins import NormaliseSubmission, SandboxedExecute, TrustedGrade  # noqa: E402
 
-c.Autograde.sanitize_preprocessors = [
+_sanitize = [
     ClearOutput, DeduplicateIds, OverwriteKernelspec,
     NormaliseSubmission,       # before OverwriteCells, which only fixes cells that still exist
     OverwriteCells, CheckCellMetadata,
 ]
-c.Autograde.autograde_preprocessors = [
+_autograde = [
     SandboxedExecute,
     TrustedGrade,              # after the kernel is gone, before anything reads the outputs
     IgnorePattern, ClearMetadataPreprocessor, LimitOutput,
     SaveAutoGrades,
     AssignLatePenalties, CheckCellMetadata,
 ]
+# COURSE_ISOLATION=off restores nbgrader's defaults: only to measure the overhead, never for a class.
+if os.environ.get("COURSE_ISOLATION", "on") != "off":
+    c.Autograde.sanitize_preprocessors = _sanitize
+    c.Autograde.autograde_preprocessors = _autograde
 c.TrustedGrade.timeout = int(os.environ.get("COURSE_NOTEBOOK_TIMEOUT", "900"))

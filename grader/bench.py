@@ -49,14 +49,25 @@ def notebook_seconds(lesson: str) -> float:
         return round(time.perf_counter() - start, 2)
 
 
-def autograde_seconds(lesson: str) -> dict[str, float]:
+def autograde_seconds(lesson: str, isolation: bool = True) -> dict[str, float]:
+    """One correct submission through `course autograde`; isolation off = plain nbgrader."""
+    import os
+
     from .autograde import run
 
     example = REPO / "tests" / "submissions" / lesson / "correct.ipynb"
-    with tempfile.TemporaryDirectory() as tmp:
-        start = time.perf_counter()
-        (r,) = run([example], lesson, Path(tmp), force=True, progress=False)
-        total = time.perf_counter() - start
+    saved = os.environ.get("COURSE_ISOLATION")
+    os.environ["COURSE_ISOLATION"] = "on" if isolation else "off"
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            start = time.perf_counter()
+            (r,) = run([example], lesson, Path(tmp), force=True, progress=False)
+            total = time.perf_counter() - start
+    finally:
+        if saved is None:
+            os.environ.pop("COURSE_ISOLATION", None)
+        else:
+            os.environ["COURSE_ISOLATION"] = saved
     assert r.score == r.max_score, r
     return {"one_submission_s": round(r.seconds, 2), "with_batch_setup_s": round(total, 2)}
 
@@ -67,14 +78,16 @@ def main(args) -> int:
                          f"{platform.system()}", "lessons": {}}
     for lesson in lessons:
         lat = check_latency(lesson, args.repeat)
-        entry = {"checks": lat, "notebook_s": notebook_seconds(lesson), "autograde": autograde_seconds(lesson)}
+        entry = {"checks": lat, "notebook_s": notebook_seconds(lesson), "autograde": autograde_seconds(lesson),
+                 "autograde_without_isolation": autograde_seconds(lesson, isolation=False)}
         report["lessons"][lesson] = entry
         p50 = statistics.median(v["p50_s"] for v in lat.values())
         print(f"{lesson}: public check p50 {p50 * 1000:.1f} ms (slowest p50 "
               f"{max(v['p50_s'] for v in lat.values()) * 1000:.1f} ms, first call up to "
               f"{max(v['first_s'] for v in lat.values()):.2f} s); notebook {entry['notebook_s']} s; "
               f"autograde {entry['autograde']['one_submission_s']} s per submission "
-              f"({entry['autograde']['with_batch_setup_s']} s with batch setup)")
+              f"({entry['autograde']['with_batch_setup_s']} s with batch setup); without isolation "
+              f"{entry['autograde_without_isolation']['one_submission_s']} s")
         for name, v in lat.items():
             print(f"    {name:<22} first {v['first_s']:.3f} s  p50 {v['p50_s'] * 1000:7.2f} ms  max {v['max_s'] * 1000:7.2f} ms")
     if args.json:
