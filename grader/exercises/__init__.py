@@ -24,6 +24,35 @@ class Exercise:
     hidden: Callable[[Any], str]
 
 
+def seed_for(hidden: bool) -> int:
+    """Public checks: fixed inputs (seed 0). Hidden tests: a seed drawn at grading time."""
+    from ..runtime import fresh_seed
+
+    return fresh_seed() if hidden else 0
+
+
+def device_for(hidden: bool):
+    """Public checks run on the CPU (instant, same everywhere); hidden tests on the GPU when present."""
+    import torch
+
+    from ..runtime import device
+
+    return device() if hidden else torch.device("cpu")
+
+
+def passed(name: str, n: int, source=None, hidden: bool = False) -> str:
+    """The success line, with the banner of the weights used."""
+    kind = "hidden tests" if hidden else "public checks"
+    banner = f" [{source.banner()}]" if source is not None else ""
+    return f"{name}: {n} {kind} passed{banner}"
+
+
+def build(*entries: tuple[str, int, Callable[[Any, bool], str]]) -> dict[str, Exercise]:
+    """EXERCISES from (name, points, check(fn, hidden)) triples, in notebook order."""
+    return {name: Exercise(name, points, (lambda fn, c=check: c(fn, False)), (lambda fn, c=check: c(fn, True)))
+            for name, points, check in entries}
+
+
 def lesson(assignment: str):
     """The exercises module of an assignment folder: ``10_diffusion_transformers`` ->
     ``grader.exercises.diffusion_transformers`` (one module per lesson, named after it)."""

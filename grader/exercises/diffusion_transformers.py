@@ -17,8 +17,8 @@ from ..compare import ComparisonError, assert_close
 from ..exercise import call
 from ..reference import diffusion_transformers as ref
 from ..weights.resolve import reinitialise_
-from ..runtime import device, fresh_seed, generator, randn
-from . import Exercise
+from ..runtime import generator, randn
+from . import build, device_for, passed, seed_for
 
 LESSON = "10_diffusion_transformers"
 
@@ -39,23 +39,9 @@ FORBID_MODEL = FORBID_BLOCK + FORBID_POS + (
     f"{_D}.transformers.dit_transformer_2d.DiTTransformer2DModel.forward", f"{_D}.embeddings.PatchEmbed.forward")
 
 
-def _seed(hidden: bool) -> int:
-    return fresh_seed() if hidden else 0
-
-
-def _dev(hidden: bool) -> torch.device:
-    return device() if hidden else torch.device("cpu")
-
-
-def _passed(name: str, n: int, source=None, hidden: bool = False) -> str:
-    kind = "hidden tests" if hidden else "public checks"
-    banner = f" [{source.banner()}]" if source is not None else ""
-    return f"{name}: {n} {kind} passed{banner}"
-
-
 # ---------------------------------------------------------------- 1. patchify
 def _check_patchify(fn, hidden: bool) -> str:
-    dev, seed = _dev(hidden), _seed(hidden)
+    dev, seed = device_for(hidden), seed_for(hidden)
     embed, source = weights.get("dit_patch_embed", dev)
     w, b = embed.proj.weight.detach(), embed.proj.bias.detach()
     if hidden:
@@ -77,12 +63,12 @@ def _check_patchify(fn, hidden: bool) -> str:
             "each patch's rows and columns swapped before the projection": ref.patchify(x, wt.transpose(2, 3), bs),
             "the bias left out": expected - bs,
         })
-    return _passed("patchify", len(cases), source, hidden)
+    return passed("patchify", len(cases), source, hidden)
 
 
 # ---------------------------------------------------------------- 2. unpatchify
 def _check_unpatchify(fn, hidden: bool) -> str:
-    dev, seed = _dev(hidden), _seed(hidden)
+    dev, seed = device_for(hidden), seed_for(hidden)
     cases = [(2, 3, 5, 2, 8), (3, 2, 6, 4, 3), (1, 4, 4, 1, 5)] if hidden else [(1, 4, 4, 2, 8)]
     for i, (B, gh, gw, p, C) in enumerate(cases):
         tokens = randn(B, gh * gw, p * p * C, seed=seed + i, dev=dev)
@@ -95,7 +81,7 @@ def _check_unpatchify(fn, hidden: bool) -> str:
             "channels first in each token's vector (C, p, q) instead of DiT's (p, q, C)":
                 torch.einsum("nhwcpq->nchpwq", tokens.reshape(B, gh, gw, C, p, p)).reshape(expected.shape),
         })
-    return _passed("unpatchify", len(cases), None, hidden)
+    return passed("unpatchify", len(cases), None, hidden)
 
 
 # ---------------------------------------------------------------- 3. 2D sin-cos position embedding
@@ -110,14 +96,14 @@ def _check_pos_embed(fn, hidden: bool) -> str:
                     "integer positions (the base_size/grid_size scaling left out)":
                     ref.sincos_pos_embed_2d(D, gh, gw, gh) if gh == gw and gh != base else None}
         assert_close(got, expected, name=f"sincos_pos_embed_2d with {label}", variants=variants, check_device=False)
-    return _passed("sincos_pos_embed_2d", len(cases), None, hidden)
+    return passed("sincos_pos_embed_2d", len(cases), None, hidden)
 
 
 # ---------------------------------------------------------------- 4. timestep embedding
 def _check_timestep(fn, hidden: bool) -> str:
     from diffusers.models.embeddings import get_timestep_embedding
 
-    dev, seed = _dev(hidden), _seed(hidden)
+    dev, seed = device_for(hidden), seed_for(hidden)
     if hidden:
         g = generator(seed)
         cases = [(torch.rand(5, generator=g) * 1000, 256), (torch.randint(0, 1000, (3,), generator=g).float(), 64),
@@ -133,7 +119,7 @@ def _check_timestep(fn, hidden: bool) -> str:
             "downscale_freq_shift=0 (SD3/Flux's spacing; DiT uses 1)":
                 get_timestep_embedding(t, dim, flip_sin_to_cos=True, downscale_freq_shift=0),
         })
-    return _passed("timestep_embedding", len(cases), None, hidden)
+    return passed("timestep_embedding", len(cases), None, hidden)
 
 
 # ---------------------------------------------------------------- 5. adaLN-Zero
@@ -145,7 +131,7 @@ def _adaln_swapped(x, c, w, b):
 
 
 def _check_adaln(fn, hidden: bool) -> str:
-    dev, seed = _dev(hidden), _seed(hidden)
+    dev, seed = device_for(hidden), seed_for(hidden)
     block, source = weights.get("dit_block", dev)
     w, b = block.norm1.linear.weight.detach(), block.norm1.linear.bias.detach()
     D = w.shape[1]
@@ -177,7 +163,7 @@ def _check_adaln(fn, hidden: bool) -> str:
                 variants = {f"chunk {j} of the six ({['shift_msa', 'scale_msa', 'gate_msa', 'shift_mlp', 'scale_mlp', 'gate_mlp'][j]})":
                             mod[:, j * D:(j + 1) * D] for j in range(6)}
             assert_close(g_, e_, name=f"adaln_zero {n_} on {label}", variants=variants)
-    return _passed("adaln_zero", len(cases), source, hidden)
+    return passed("adaln_zero", len(cases), source, hidden)
 
 
 # ---------------------------------------------------------------- 6. multi-head self-attention
@@ -196,7 +182,7 @@ def _mha(attn, x, *, scale: float | None = None, heads: int | None = None, proje
 def _check_attention(fn, hidden: bool) -> str:
     from diffusers.models.attention_processor import Attention
 
-    dev, seed = _dev(hidden), _seed(hidden)
+    dev, seed = device_for(hidden), seed_for(hidden)
     block, source = weights.get("dit_block", dev)
     attn = block.attn1
     cases = [(2, 9, attn)] if hidden else [(1, 5, attn)]
@@ -218,7 +204,7 @@ def _check_attention(fn, hidden: bool) -> str:
                 "a single head over the full width": _mha(module, x, heads=1),
                 "no output projection (to_out[0])": _mha(module, x, project=False),
             })
-    return _passed("self_attention", len(cases), source, hidden)
+    return passed("self_attention", len(cases), source, hidden)
 
 
 # ---------------------------------------------------------------- 7. DiT block
@@ -237,7 +223,7 @@ def _without_attention_gate(block):
 
 
 def _check_block(fn, hidden: bool) -> str:
-    dev, seed = _dev(hidden), _seed(hidden)
+    dev, seed = device_for(hidden), seed_for(hidden)
     block, source = weights.get("dit_block", dev)
     D = block.norm1.linear.in_features
     cases = [(3, 10, 1.0), (1, 16, 1.0), (2, 6, 0.01)] if hidden else [(1, 4, 1.0)]
@@ -253,12 +239,12 @@ def _check_block(fn, hidden: bool) -> str:
         label = f"x {(B, N, D)}, t {t.tolist()}, y {y.tolist()}"
         got = call(fn, "dit_block", block, x, t, y, forbidden=FORBID_BLOCK, case=label)
         assert_close(got, expected, name=f"dit_block on {label}")
-    return _passed("dit_block", len(cases), source, hidden)
+    return passed("dit_block", len(cases), source, hidden)
 
 
 # ---------------------------------------------------------------- 8. the whole DiT forward
 def _check_forward(fn, hidden: bool) -> str:
-    dev, seed = _dev(hidden), _seed(hidden)
+    dev, seed = device_for(hidden), seed_for(hidden)
     # The public check stays instant: the whole real DiT-XL/2 (2.7 GB) only in hidden tests.
     model, source = weights.get("dit_model", dev, standin=not hidden)
     cfg = model.config
@@ -275,18 +261,12 @@ def _check_forward(fn, hidden: bool) -> str:
             "the final layer's shift and scale swapped (DiT's proj_out_1 gives shift, then scale)":
                 lambda: ref.final_layer_variant(model, x, t, y, swap_shift_scale=True),
         })
-    return _passed("dit_forward", len(cases), source, hidden)
+    return passed("dit_forward", len(cases), source, hidden)
 
 
-def _pair(check):
-    return (lambda fn: check(fn, False)), (lambda fn: check(fn, True))
-
-
-EXERCISES: dict[str, Exercise] = {}
-for _name, _points, _check in (
+EXERCISES = build(
     ("patchify", 2, _check_patchify), ("unpatchify", 2, _check_unpatchify),
     ("sincos_pos_embed_2d", 2, _check_pos_embed), ("timestep_embedding", 2, _check_timestep),
     ("adaln_zero", 2, _check_adaln), ("self_attention", 2, _check_attention),
     ("dit_block", 3, _check_block), ("dit_forward", 3, _check_forward),
-):
-    EXERCISES[_name] = Exercise(_name, _points, *_pair(_check))
+)
