@@ -130,7 +130,8 @@ class Batch:
             return
         shutil.rmtree(self.template, ignore_errors=True)
         (self.template / "source").mkdir(parents=True)
-        shutil.copytree(self.source.parent, self.template / "source" / self.assignment)
+        shutil.copytree(self.source.parent, self.template / "source" / self.assignment,
+                        ignore=shutil.ignore_patterns(".OTTER_LOG", ".ipynb_checkpoints", "__pycache__"))
         _write_config(self.template)
         done = _nbgrader(self.template, "generate_assignment", self.assignment, "--force", timeout=600)
         if done.returncode != 0:

@@ -33,7 +33,9 @@ def release(lessons: list[str], root: Path = REPO) -> None:
     for lesson in lessons:
         with tempfile.TemporaryDirectory(prefix="course-release-") as tmp:
             work = Path(tmp)
-            shutil.copytree(root / "source" / lesson, work / "source" / lesson)
+            # Per-run leftovers in a local source folder (otter logs, checkpoints) are not the lesson.
+            shutil.copytree(root / "source" / lesson, work / "source" / lesson,
+                            ignore=shutil.ignore_patterns(".OTTER_LOG", ".ipynb_checkpoints", "__pycache__"))
             _write_config(work)
             for cmd in ("generate_assignment", "generate_solution"):
                 done = _nbgrader(work, cmd, lesson, "--force", timeout=600)
