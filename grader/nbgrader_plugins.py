@@ -154,7 +154,9 @@ class TrustedGrade(NbGraderPreprocessor):
             return nb, resources
         from grader.exercises import lesson as lesson_module
         from grader.sandbox import hidden_paths, wrap
+        from grader.weights.resolve import prepare_all
 
+        prepare_all()  # stand-ins cannot be built inside the read-only sandbox
         exercises = lesson_module(lesson).EXERCISES
         seeds = {name: int.from_bytes(_os.urandom(4), "little") for name in exercises}
         with _tempfile.TemporaryDirectory(prefix="course-trusted-") as tmp:

@@ -78,6 +78,8 @@ def wrap(cmd: list[str], *, rw: list[str], hide: list[str], mem: int | None = No
     if mode() == "off":
         return cmd
     launcher = [sys.executable, "-m", "grader.sandbox", "--fsize", str(fsize)]
+    for key, value in _pinned_env().items():
+        launcher += ["--setenv", f"{key}={value}"]
     if mem:
         launcher += ["--mem", str(mem)]
     for path in rw:
@@ -92,6 +94,20 @@ def wrap(cmd: list[str], *, rw: list[str], hide: list[str], mem: int | None = No
     if mode() == "require":
         raise RuntimeError("COURSE_SANDBOX=require, but the sandbox needs root with unshare and setpriv")
     return [*launcher, "--", *cmd]
+
+
+def _pinned_env() -> dict[str, str]:
+    """Caches located from HOME must stay where the grader found them (HOME changes inside)."""
+    from .weights.resolve import cache_root
+
+    env = {"COURSE_CACHE": str(cache_root())}
+    try:
+        from huggingface_hub import constants
+
+        env["HF_HUB_CACHE"] = str(constants.HF_HUB_CACHE)
+    except Exception:  # noqa: BLE001
+        pass
+    return env
 
 
 # ---------------------------------------------------------------- inside the namespaces
@@ -168,11 +184,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--copy-in", action="append", default=[])
     parser.add_argument("--mem", type=int)
     parser.add_argument("--fsize", type=int, default=DEFAULT_FSIZE)
+    parser.add_argument("--setenv", action="append", default=[])
     parser.add_argument("--inside", action="store_true")
     parser.add_argument("cmd", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     env = dict(os.environ)
+    env.update(item.split("=", 1) for item in args.setenv)
     if args.inside:
         # Read what must survive the hiding before hiding it.
         blobs = {p: Path(p).read_bytes() for p in args.copy_in if os.path.isfile(p)}

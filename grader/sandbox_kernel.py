@@ -13,6 +13,9 @@ class SandboxKernelManager(AsyncKernelManager):
         kernel_cmd, kw = await super()._async_pre_start_kernel(**kw)
         from .nbgrader_plugins import _memory_limit
         from .sandbox import hidden_paths, wrap
+        from .weights.resolve import prepare_all
+
+        prepare_all()  # stand-ins cannot be built inside the read-only sandbox
 
         cwd = Path(kw.get("cwd") or os.getcwd()).resolve()
         # nbgrader runs the kernel in autograded/<student>/<assignment>/: the course root is 3 up.
