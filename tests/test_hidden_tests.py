@@ -68,3 +68,15 @@ def test_partly_wrong_example_recipe_names_real_functions(assignment):
     module = importlib.import_module(f"tests.wrong.{assignment.split('_', 1)[-1]}")
     replace, stubs = module.PARTLY_WRONG
     assert all(hasattr(module, fn) for fn in replace.values())
+
+
+@pytest.mark.parametrize("assignment", LESSONS)
+def test_notebook_points_match_the_exercises(assignment):
+    import json
+
+    from tests.notebook_code import source_path
+
+    nb = json.loads(source_path(assignment).read_text())
+    graded = {c["metadata"]["nbgrader"]["grade_id"]: c["metadata"]["nbgrader"]["points"] for c in nb["cells"]
+              if c["metadata"].get("nbgrader", {}).get("grade")}
+    assert graded == {f"{name}_hidden": ex.points for name, ex in lesson(assignment).EXERCISES.items()}

@@ -20,6 +20,11 @@ from .registry import CHECKPOINTS, Checkpoint
 ENV_WEIGHTS_DIR = "COURSE_WEIGHTS_DIR"
 ENV_CACHE = "COURSE_CACHE"
 ENV_STANDIN_ONLY = "COURSE_STANDIN_ONLY"
+#: ``Checkpoint.model_class`` of a raw state-dict file with no config.json beside it (an
+#: IP-Adapter's ``ip-adapter_sd15.safetensors``). ``Source.config`` is then the registry's
+#: real or stand-in config, and the stand-in's tensors come from the function that
+#: ``standin_config["builder"]`` names ("module:function", called with the stand-in config).
+STATE_DICT = "state_dict"
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,8 @@ class Source:
 
     @property
     def config(self) -> dict:
+        if self.checkpoint.model_class == STATE_DICT:  # config_path is the weights file itself
+            return dict(self.checkpoint.real_config if self.kind == "real" else self.checkpoint.standin_config)
         return json.loads(self.config_path.read_text())
 
     def banner(self) -> str:
@@ -54,6 +61,8 @@ def _from_dir(ck: Checkpoint, folder: Path, origin: str) -> Source | None:
     config = folder / "config.json"
     single = folder / ck.weights_name
     index = folder / ck.index_name
+    if ck.model_class == STATE_DICT:
+        return Source("real", ck, single, (single,), None, origin) if single.is_file() else None
     if not config.is_file():
         return None
     if single.is_file():
@@ -76,13 +85,21 @@ def _from_explicit_dir(ck: Checkpoint, weights_dir: str | os.PathLike | None) ->
     return _from_dir(ck, Path(root) / ck.repo_id / ck.subfolder, "explicit directory")
 
 
+def _repo_path(ck: Checkpoint, filename: str) -> str:
+    """A file's path in the repo: ``subfolder/filename``, or ``filename`` for a repo-root model."""
+    return f"{ck.subfolder}/{filename}" if ck.subfolder else filename
+
+
 def _from_hf_cache(ck: Checkpoint) -> Source | None:
     from huggingface_hub import try_to_load_from_cache
 
     def cached(filename: str) -> Path | None:
-        hit = try_to_load_from_cache(ck.repo_id, f"{ck.subfolder}/{filename}", revision=ck.revision)
+        hit = try_to_load_from_cache(ck.repo_id, _repo_path(ck, filename), revision=ck.revision)
         return Path(hit) if isinstance(hit, str) else None
 
+    if ck.model_class == STATE_DICT:
+        single = cached(ck.weights_name)
+        return None if single is None else Source("real", ck, single, (single,), None, "Hugging Face cache")
     config = cached("config.json")
     if config is None:
         return None
@@ -121,8 +138,31 @@ def _standin_dir(ck: Checkpoint) -> Path:
     return cache_root() / "standins" / f"{ck.name}-{digest}"
 
 
+def _build_state_dict_standin(ck: Checkpoint) -> Source:
+    """A raw state-dict stand-in, written once as a single safetensors file."""
+    import importlib
+
+    from safetensors.torch import save_file
+
+    folder = _standin_dir(ck)
+    if not (folder / ck.weights_name).is_file():
+        module, _, fn = ck.standin_config["builder"].partition(":")
+        tensors = getattr(importlib.import_module(module), fn)(dict(ck.standin_config))
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=folder.name + ".tmp"))
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / ck.weights_name))
+        try:
+            os.replace(tmp, folder)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+    single = folder / ck.weights_name
+    return Source("stand-in", ck, single, (single,), None, "built locally")
+
+
 def build_standin(ck: Checkpoint) -> Source:
     """Build (once) and save the stand-in, so it loads through the same code as a real one."""
+    if ck.model_class == STATE_DICT:
+        return _build_state_dict_standin(ck)
     folder = _standin_dir(ck)
     if not (folder / "config.json").is_file():
         import diffusers
@@ -132,6 +172,9 @@ def build_standin(ck: Checkpoint) -> Source:
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=folder.name + ".tmp"))
         model.save_pretrained(tmp, safe_serialization=True)
+        saved = tmp / "diffusion_pytorch_model.safetensors"
+        if ck.weights_name != saved.name and saved.is_file():  # e.g. a real checkpoint read as *.fp16.safetensors
+            saved.rename(tmp / ck.weights_name)
         try:
             os.replace(tmp, folder)  # atomic: parallel graders never see half a checkpoint
         except OSError:
@@ -153,14 +196,25 @@ def resolve(name: str, weights_dir: str | os.PathLike | None = None, *, standin_
     return build_standin(ck)
 
 
+def prepare_all() -> None:
+    """Resolve every checkpoint now, building missing stand-ins.
+
+    The sandbox's filesystem is read-only: a stand-in that does not exist yet cannot be
+    built by the student's kernel or the recording process, so the grader builds them first.
+    """
+    for name in CHECKPOINTS:
+        resolve(name)
+
+
 def download(name: str) -> Source:
     """Fetch a checkpoint's config and weights into the Hugging Face cache (needs the network)."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError
 
     ck = CHECKPOINTS[name]
-    get = lambda f: hf_hub_download(ck.repo_id, f"{ck.subfolder}/{f}", revision=ck.revision)  # noqa: E731
-    get("config.json")
+    get = lambda f: hf_hub_download(ck.repo_id, _repo_path(ck, f), revision=ck.revision)  # noqa: E731
+    if ck.model_class != STATE_DICT:
+        get("config.json")
     try:
         get(ck.weights_name)
     except EntryNotFoundError:
