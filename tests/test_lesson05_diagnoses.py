@@ -13,11 +13,11 @@ EXERCISES = lesson(LESSON).EXERCISES
 
 @pytest.mark.parametrize("name", list(EXERCISES))
 def test_hidden_tests_pass_on_several_fresh_seeds(name, monkeypatch):
-    import grader.exercises.flow_matching as module
+    import grader.runtime as runtime
 
     ns = solution_namespace(LESSON)
     for seed in (1, 12345, 2**31 + 7):
-        monkeypatch.setattr(module, "fresh_seed", lambda: seed)
+        monkeypatch.setattr(runtime, "fresh_seed", lambda: seed)
         assert "hidden tests passed" in EXERCISES[name].hidden(ns[name])
 
 
@@ -61,9 +61,9 @@ def test_public_check_diagnoses_the_classic_mistake(mistake, expected):
     ("flow_schedule__linear_time_shift", "linear time shift"),
 ])
 def test_hidden_test_diagnoses_the_classic_mistake(mistake, expected, monkeypatch):
-    import grader.exercises.flow_matching as module
+    import grader.runtime as runtime
 
-    monkeypatch.setattr(module, "fresh_seed", lambda: 3)
+    monkeypatch.setattr(runtime, "fresh_seed", lambda: 3)
     exercise = mistake.split("__")[0]
     ns = namespace_with_wrong(LESSON, exercise, mistake)
     with pytest.raises(AssertionError) as err:

@@ -19,8 +19,8 @@ import torch
 from ..compare import ComparisonError, assert_close
 from ..exercise import call
 from ..reference import flow_matching as ref
-from ..runtime import device, fresh_seed, generator, randn
-from . import Exercise
+from ..runtime import generator, randn
+from . import build, device_for, seed_for
 
 LESSON = "05_flow_matching"
 
@@ -37,14 +37,6 @@ def _forbid_calculate_shift() -> tuple[str, ...]:
     # Importing a pipeline module pulls in transformers' image processors, which log to
     # stderr: only block the copies of calculate_shift a submission has already imported.
     return tuple(f"{m}.calculate_shift" for m in _PIPELINES_WITH_CALCULATE_SHIFT if m in sys.modules)
-
-
-def _seed(hidden: bool) -> int:
-    return fresh_seed() if hidden else 0
-
-
-def _dev(hidden: bool) -> torch.device:
-    return device() if hidden else torch.device("cpu")
 
 
 def _passed(name: str, n: int, hidden: bool = False) -> str:
@@ -82,7 +74,7 @@ def _pair(got, name: str, label: str, what: str):
 
 # ---------------------------------------------------------------- 1. the straight path
 def _check_interpolate(fn, hidden: bool) -> str:
-    dev, seed = _dev(hidden), _seed(hidden)
+    dev, seed = device_for(hidden), seed_for(hidden)
     if hidden:
         # (3, 2, 5, 3): the last axis is as long as the batch; (4, 6, 8): packed tokens; (5, 2): 2-D points.
         cases = [((3, 2, 5, 3), _sigmas(3, seed + 1, dev)),
@@ -117,7 +109,7 @@ def _check_interpolate(fn, hidden: bool) -> str:
 
 # ---------------------------------------------------------------- 2. the loss
 def _check_loss(fn, hidden: bool) -> str:
-    dev, seed = _dev(hidden), _seed(hidden)
+    dev, seed = device_for(hidden), seed_for(hidden)
     if hidden:
         cases = [((3, 2, 5, 3), "sigma_sqrt"), ((4, 6, 8), "cosmap"), ((5, 3, 2, 2), "logit_normal"),
                  ((2, 4, 3, 2), "mode"), ((6, 2), "none")]
@@ -147,7 +139,7 @@ def _check_loss(fn, hidden: bool) -> str:
 
 # ---------------------------------------------------------------- 3. the timestep density
 def _check_density(fn, hidden: bool) -> str:
-    seed = _seed(hidden)
+    seed = seed_for(hidden)
     if hidden:
         cases = [("logit_normal", 9, _uniform(seed + 1, -1, 1), _uniform(seed + 2, 0.5, 2.0), 1.29),
                  ("mode", 7, 0.0, 1.0, _uniform(seed + 3, 0.3, 1.5)), ("mode", 6, 0.0, 1.0, 1.29),
@@ -174,7 +166,7 @@ def _check_density(fn, hidden: bool) -> str:
 
 # ---------------------------------------------------------------- 4. the static shift
 def _check_shift(fn, hidden: bool) -> str:
-    dev, seed = _dev(hidden), _seed(hidden)
+    dev, seed = device_for(hidden), seed_for(hidden)
     if hidden:
         cases = [(_sigmas(11, seed, dev, 0.001, 1.0), 3.0), (_sigmas(6, seed + 1, dev, 0.01, 1.0), 0.5),
                  (torch.linspace(1.0, 0.05, 7).to(dev), _uniform(seed + 2, 1.2, 6.0))]
@@ -194,7 +186,7 @@ def _check_shift(fn, hidden: bool) -> str:
 
 # ---------------------------------------------------------------- 5. training sigmas
 def _check_training_sigmas(fn, hidden: bool) -> str:
-    dev, seed = _dev(hidden), _seed(hidden)
+    dev, seed = device_for(hidden), seed_for(hidden)
     if hidden:
         cases = [(_sigmas(9, seed, dev, 0.0, 0.9999), 1000, 3.0),
                  (_sigmas(7, seed + 1, dev, 0.0, 0.9999), _randint(seed + 2, 20, 200), _uniform(seed + 3, 1.2, 4.0)),
@@ -235,7 +227,7 @@ def _as_float_tensor(fn):
 
 
 def _check_flux_mu(fn, hidden: bool) -> str:
-    seed = _seed(hidden)
+    seed = seed_for(hidden)
     if hidden:
         cases = [(1000, 744), (_randint(seed, 200, 2100), _randint(seed + 1, 200, 2100)), (256, 256), (1023, 1025),
                  (800, 1216, 8, 1024, 4096, 0.95, 2.05)]
@@ -262,7 +254,7 @@ def _check_flux_mu(fn, hidden: bool) -> str:
 
 # ---------------------------------------------------------------- 7. the inference schedule
 def _check_schedule(fn, hidden: bool) -> str:
-    seed = _seed(hidden)
+    seed = seed_for(hidden)
     if hidden:
         n2, n3 = _randint(seed, 3, 40), _randint(seed + 1, 2, 30)
         cases = [dict(num_inference_steps=28, shift=3.0),
@@ -310,7 +302,7 @@ def _check_schedule(fn, hidden: bool) -> str:
 
 # ---------------------------------------------------------------- 8. one Euler step
 def _check_euler_step(fn, hidden: bool) -> str:
-    dev, seed = _dev(hidden), _seed(hidden)
+    dev, seed = device_for(hidden), seed_for(hidden)
     cases = [((3, 2, 5, 3), _uniform(seed + 50, 0.55, 1.0), _uniform(seed + 51, 0.05, 0.5)), ((2, 9, 6), 0.3, 0.0),
              ((4, 2), 1.0, 0.95)] if hidden else [((1, 4, 4, 4), 0.8, 0.6)]
     for i, (shape, sigma, sigma_next) in enumerate(cases):
@@ -350,7 +342,7 @@ class _Velocity:
 
 
 def _check_euler_sample(fn, hidden: bool) -> str:
-    dev, seed = _dev(hidden), _seed(hidden)
+    dev, seed = device_for(hidden), seed_for(hidden)
     if hidden:
         cases = [((3, 4, 5), ref.flow_schedule(6, mu=0.9, sigmas=np.linspace(1.0, 1 / 6, 6).tolist())[1]),
                  ((2, 3, 4, 4), ref.flow_schedule(10, shift=3.0)[1]),
@@ -380,16 +372,10 @@ def _check_euler_sample(fn, hidden: bool) -> str:
     return _passed("euler_sample", len(cases), hidden)
 
 
-def _pair_checks(check):
-    return (lambda fn: check(fn, False)), (lambda fn: check(fn, True))
-
-
-EXERCISES: dict[str, Exercise] = {}
-for _name, _points, _check in (
+EXERCISES = build(
     ("flow_interpolate", 2, _check_interpolate), ("flow_matching_loss", 2, _check_loss),
     ("timestep_density", 2, _check_density), ("shift_sigmas", 1, _check_shift),
     ("training_sigmas", 1, _check_training_sigmas), ("flux_mu", 2, _check_flux_mu),
     ("flow_schedule", 3, _check_schedule), ("euler_step", 1, _check_euler_step),
     ("euler_sample", 2, _check_euler_sample),
-):
-    EXERCISES[_name] = Exercise(_name, _points, *_pair_checks(_check))
+)

@@ -20,8 +20,8 @@ from .. import weights
 from ..compare import ComparisonError, assert_close
 from ..exercise import call
 from ..reference import score_functions_and_sdes as ref
-from ..runtime import device, fresh_seed, generator, randn
-from . import Exercise
+from ..runtime import generator, randn
+from . import build, device_for, passed, seed_for
 
 LESSON = "04_score_functions_and_sdes"
 
@@ -34,20 +34,6 @@ FORBID_ODE = FORBID_SDE + (f"{_S}.scheduling_euler_discrete.EulerDiscreteSchedul
 FORBID_VE = (f"{_S}.scheduling_sde_ve.ScoreSdeVeScheduler.add_noise",
              f"{_S}.scheduling_sde_ve.ScoreSdeVeScheduler.set_sigmas")
 FORBID_DDIM = (f"{_S}.scheduling_ddim.DDIMScheduler.step",)
-
-
-def _seed(hidden: bool) -> int:
-    return fresh_seed() if hidden else 0
-
-
-def _dev(hidden: bool) -> torch.device:
-    return device() if hidden else torch.device("cpu")
-
-
-def _passed(name: str, n: int, source=None, hidden: bool = False) -> str:
-    kind = "hidden tests" if hidden else "public checks"
-    banner = f" [{source.banner()}]" if source is not None else ""
-    return f"{name}: {n} {kind} passed{banner}"
 
 
 def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -82,7 +68,7 @@ def _points(N: int, D: int, means: torch.Tensor, seed: int, dev, far: bool) -> t
 
 
 def _check_gmm(fn, hidden: bool) -> str:
-    dev, seed = _dev(hidden), _seed(hidden)
+    dev, seed = device_for(hidden), seed_for(hidden)
     # Far points get their own case: their scores are ~100x longer and would hide errors elsewhere.
     if hidden:
         cases = [(40, 2, 4, False), (7, 3, 2, False), (5, 5, 1, False), (12, 2, 6, False), (6, 3, 3, True)]
@@ -111,7 +97,7 @@ def _check_gmm(fn, hidden: bool) -> str:
                     f"the responsibilities become 0/0. Compute them from log-terms with a softmax "
                     f"(torch.softmax or logsumexp subtract the largest term first).") from None
             raise
-    return _passed("gmm_score", len(cases), None, hidden)
+    return passed("gmm_score", len(cases), None, hidden)
 
 
 # ---------------------------------------------------------------- 2. score from a noise prediction
@@ -127,7 +113,7 @@ def _ddpm_scheduler(dev):
 
 
 def _check_ddpm_score(fn, hidden: bool) -> str:
-    dev, seed = _dev(hidden), _seed(hidden)
+    dev, seed = device_for(hidden), seed_for(hidden)
     # The public check stays instant on the stand-in; hidden tests use the real UNet when present.
     unet, source = weights.get("ddpm_unet", dev, standin=not hidden)
     cases = [(2, 32, 32), (2, 16, 24)] if hidden else [(2, 8, 8)]
@@ -153,7 +139,7 @@ def _check_ddpm_score(fn, hidden: bool) -> str:
             "the UNet called with t / 1000 (continuous time) instead of the integer DDPM step":
                 lambda: -ref.unet_eps(unet, x_t, t.float() / 1000) / (1 - ab).sqrt(),
         })
-    return _passed("ddpm_score", len(cases), source, hidden)
+    return passed("ddpm_score", len(cases), source, hidden)
 
 
 # ---------------------------------------------------------------- 3. VP forward process
@@ -167,7 +153,7 @@ def _vp_variant(x0, noise, t, bmin, bmax, *, integral=None, std_power=2, sqrt_me
 
 
 def _check_vp(fn, hidden: bool) -> str:
-    dev, seed = _dev(hidden), _seed(hidden)
+    dev, seed = device_for(hidden), seed_for(hidden)
     if hidden:
         cases = [((3, 3, 8, 12), 0.1, 20.0), ((64, 2), 0.1, 20.0), ((2, 4, 6, 6), 0.05, 12.0), ((5, 7), 1.0, 5.0)]
     else:
@@ -192,12 +178,12 @@ def _check_vp(fn, hidden: bool) -> str:
             "noise std sqrt(1 - sqrt(alphabar)): the mean coefficient not squared":
                 _vp_variant(x0, noise, t, bmin, bmax, std_power=1),
         })
-    return _passed("vp_perturb", len(cases), None, hidden)
+    return passed("vp_perturb", len(cases), None, hidden)
 
 
 # ---------------------------------------------------------------- 4. VE forward process
 def _check_ve(fn, hidden: bool) -> str:
-    dev, seed = _dev(hidden), _seed(hidden)
+    dev, seed = device_for(hidden), seed_for(hidden)
     if hidden:
         cases = [((3, 3, 8, 12), 0.01, 1348.0), ((50, 2), 0.01, 50.0), ((4, 2, 5, 5), 0.002, 80.0)]
     else:
@@ -219,7 +205,7 @@ def _check_ve(fn, hidden: bool) -> str:
             "time running backwards: sigma_max (sigma_min / sigma_max)^t": x0 + _bcast(smax * (smin / smax) ** t, x0) * noise,
             "a VP-style scaling of x_t by 1 / sqrt(1 + sigma^2)": (x0 + sigma * noise) / (1 + sigma ** 2).sqrt(),
         })
-    return _passed("ve_perturb", len(cases), None, hidden)
+    return passed("ve_perturb", len(cases), None, hidden)
 
 
 # ---------------------------------------------------------------- 5. reverse SDE: one Euler-Maruyama step
@@ -256,7 +242,7 @@ def _noise_like(shape, seed: int, dev) -> torch.Tensor:
 
 
 def _check_reverse_sde(fn, hidden: bool) -> str:
-    dev, seed = _dev(hidden), _seed(hidden)
+    dev, seed = device_for(hidden), seed_for(hidden)
     if hidden:
         cases = [("vp", (3, 3, 8, 12), 0.1, 20.0, 1000), ("vp", (64, 2), 0.05, 12.0, 37),
                  ("ve", (2, 3, 6, 10), 0.01, 50.0, 25), ("ve", (40, 2), 0.002, 80.0, 100)]
@@ -286,7 +272,7 @@ def _check_reverse_sde(fn, hidden: bool) -> str:
         got = call(fn, "reverse_sde_step", x, score, drift, g, dt, noise, forbidden=FORBID_SDE, case=label)
         assert_close(got, expected, name=f"reverse_sde_step on {label}",
                      variants=_sde_variants(x, score, drift, g, dt, noise))
-    return _passed("reverse_sde_step", len(cases), None, hidden)
+    return passed("reverse_sde_step", len(cases), None, hidden)
 
 
 # ---------------------------------------------------------------- 6. probability-flow ODE: one Euler step
@@ -301,7 +287,7 @@ def _ode_variants(x, score, drift, g, dt):
 
 
 def _check_pf_ode(fn, hidden: bool) -> str:
-    dev, seed = _dev(hidden), _seed(hidden)
+    dev, seed = device_for(hidden), seed_for(hidden)
     if hidden:
         cases = [("sigma", (2, 3, 6, 10), 30), ("vp", (3, 4, 5, 7), 0.1, 20.0, 1000),
                  ("vp", (64, 2), 0.05, 12.0, 23), ("sigma", (50, 2), 7)]
@@ -332,7 +318,7 @@ def _check_pf_ode(fn, hidden: bool) -> str:
         got = call(fn, "probability_flow_step", x, score, drift, g, dt, forbidden=FORBID_ODE, case=label)
         assert_close(got, expected, name=f"probability_flow_step on {label}",
                      variants=_ode_variants(x, score, drift, g, dt))
-    return _passed("probability_flow_step", len(cases), None, hidden)
+    return passed("probability_flow_step", len(cases), None, hidden)
 
 
 # ---------------------------------------------------------------- 7. DDIM = Euler in (x / sqrt(abar), sigma)
@@ -353,7 +339,7 @@ def _ddim_variants(x, eps, a, a_prev):
 
 
 def _check_ddim(fn, hidden: bool) -> str:
-    dev, seed = _dev(hidden), _seed(hidden)
+    dev, seed = device_for(hidden), seed_for(hidden)
     cases = [((4, 3, 6, 10), 50), ((3, 2, 5, 5), 10), ((16, 2), 4)] if hidden else [((2, 3, 4, 4), 10)]
     for i, (shape, n) in enumerate(cases):
         s = seed + 10 * i
@@ -370,18 +356,12 @@ def _check_ddim(fn, hidden: bool) -> str:
         label = f"x {shape}, {n} DDIM steps, timesteps {timesteps.tolist()}"
         got = call(fn, "ddim_euler_step", x, eps, a, a_prev, forbidden=FORBID_DDIM, case=label)
         assert_close(got, expected, name=f"ddim_euler_step on {label}", variants=_ddim_variants(x, eps, a, a_prev))
-    return _passed("ddim_euler_step", len(cases), None, hidden)
+    return passed("ddim_euler_step", len(cases), None, hidden)
 
 
-def _pair(check):
-    return (lambda fn: check(fn, False)), (lambda fn: check(fn, True))
-
-
-EXERCISES: dict[str, Exercise] = {}
-for _name, _score, _check in (
+EXERCISES = build(
     ("gmm_score", 3, _check_gmm), ("ddpm_score", 2, _check_ddpm_score),
     ("vp_perturb", 2, _check_vp), ("ve_perturb", 1, _check_ve),
     ("reverse_sde_step", 2, _check_reverse_sde), ("probability_flow_step", 2, _check_pf_ode),
     ("ddim_euler_step", 3, _check_ddim),
-):
-    EXERCISES[_name] = Exercise(_name, _score, *_pair(_check))
+)
