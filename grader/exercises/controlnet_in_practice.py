@@ -1,0 +1,315 @@
+"""Lesson 2 (ControlNet in practice): public checks and hidden tests for every exercise.
+
+Public checks: fixed small inputs on the CPU. Hidden tests: a seed drawn at grading time,
+other image sizes (non-square), other thresholds, batches, missing keypoints, more ControlNets,
+other schedules, and the GPU when there is one. The stacking check runs on the tiny
+stand-in ControlNets by design (it checks how residuals are combined, not the nets).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import math
+
+import numpy as np
+import torch
+
+from .. import weights
+from ..compare import ComparisonError, assert_close
+from ..exercise import call
+from ..reference import controlnet_in_practice as ref
+from ..runtime import generator, randn
+from ..weights.resolve import reinitialise_
+from . import build, device_for, passed, seed_for
+from .controlnet import _ByDesign, _call_then, _flatten_pair, _unflatten_pair
+
+LESSON = "02_controlnet_in_practice"
+
+_REF = "grader.reference.controlnet_in_practice"  # the course's own references are off limits too
+FORBID_PROCESSOR = ("diffusers.image_processor.VaeImageProcessor.preprocess", f"{_REF}.canny_control_image")
+FORBID_DEPTH = (f"{_REF}.depth_control_image",)
+FORBID_POSE = (f"{_REF}.openpose_image",)
+FORBID_MULTI = ("diffusers.models.controlnets.multicontrolnet.MultiControlNetModel.forward",
+                f"{_REF}.multi_controlnet_residuals")
+FORBID_SCHEDULE = (f"{_REF}.control_schedule",)
+FORBID_GUESS = (f"{_REF}.guess_mode_scales",)
+
+
+# ---------------------------------------------------------------- synthetic inputs (seeded)
+def scene(seed: int, height: int, width: int) -> np.ndarray:
+    """A uint8 (H, W, 3) RGB picture: a soft gradient, a few filled shapes, a little noise."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    img = np.stack([60 + 100 * xx / width, 60 + 100 * yy / height, np.full((height, width), 110.0)], -1)
+    img = np.ascontiguousarray(img.astype(np.uint8))
+    for _ in range(4):
+        color = [int(c) for c in rng.integers(0, 256, 3)]
+        cx, cy = int(rng.integers(0, width)), int(rng.integers(0, height))
+        size = int(rng.integers(3, max(4, min(height, width) // 3)))
+        if rng.random() < 0.5:
+            cv2.circle(img, (cx, cy), size, color, -1)
+        else:
+            cv2.rectangle(img, (cx - size, cy - size), (cx + size, cy + size // 2), color, -1)
+    noise = rng.integers(0, 10, img.shape)
+    return np.clip(img.astype(np.int64) + noise, 0, 255).astype(np.uint8)
+
+
+def depth_scene(seed: int, batch: int, height: int, width: int, dev=None) -> torch.Tensor:
+    """Metric depth (B, H, W) in metres: a floor receding to the horizon and a few spheres."""
+    g = generator(seed)
+    rows = torch.linspace(0.0, 1.0, height)[:, None].expand(height, width)
+    cols = torch.linspace(0.0, 1.0, width)[None, :].expand(height, width)
+    out = []
+    for _ in range(batch):
+        depth = 1.5 + 12.0 * (1.0 - rows) ** 2 + 0.5 * cols * torch.rand((), generator=g)
+        for _ in range(3):
+            cy, cx, r = torch.rand(3, generator=g).tolist()
+            r = 0.1 + 0.2 * r
+            d0 = 2.0 + 6.0 * torch.rand((), generator=g).item()
+            dist2 = (rows - cy) ** 2 + (cols - cx) ** 2
+            inside = dist2 < r * r
+            sphere = d0 - 3.0 * torch.sqrt((r * r - dist2).clamp(min=0.0))
+            depth = torch.where(inside, torch.minimum(depth, sphere), depth)
+        out.append(depth + 0.01 * torch.rand(height, width, generator=g))
+    return torch.stack(out).to(dev or torch.device("cpu"))
+
+
+#: A person standing, facing the viewer: OpenPose's 18 body keypoints, (x, y) in [0, 1].
+TEMPLATE = [(0.50, 0.15), (0.50, 0.26), (0.40, 0.26), (0.35, 0.41), (0.32, 0.55), (0.60, 0.26), (0.65, 0.41),
+            (0.68, 0.55), (0.44, 0.55), (0.43, 0.72), (0.42, 0.90), (0.56, 0.55), (0.57, 0.72), (0.58, 0.90),
+            (0.47, 0.13), (0.53, 0.13), (0.44, 0.15), (0.56, 0.15)]
+
+
+def skeleton(seed: int, height: int, width: int, missing: int = 0) -> torch.Tensor:
+    """Keypoints (18, 2) float64: the template, jittered, snapped to a quarter pixel past a pixel
+    corner (so every renderer's int() agrees in float32 and float64), ``missing`` of them NaN."""
+    g = generator(seed)
+    k = torch.tensor(TEMPLATE, dtype=torch.float64)
+    k = k + (torch.rand(18, 2, generator=g, dtype=torch.float64) - 0.5) * 0.06
+    k = (k - 0.5) * (0.8 + 0.3 * torch.rand((), generator=g, dtype=torch.float64)) + 0.5
+    k = k.clamp(0.02, 0.97)
+    size = torch.tensor([width, height], dtype=torch.float64)
+    k = (torch.floor(k * size) + 0.25) / size
+    if missing:
+        k[torch.randperm(18, generator=g)[:missing]] = float("nan")
+    return k
+
+
+# ---------------------------------------------------------------- 1. Canny control image
+def _gray_canny(image, low, high):
+    import cv2
+
+    edges = cv2.Canny(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), low, high)
+    return torch.from_numpy(np.stack([edges] * 3))[None].float() / 255.0
+
+
+def _check_canny(fn, hidden: bool) -> str:
+    seed = seed_for(hidden)
+    cases = [(48, 80, 100, 200), (64, 40, 50, 150), (24, 24, 150, 250)] if hidden else [(64, 64, 100, 200)]
+    for i, (H, W, low, high) in enumerate(cases):
+        image = scene(seed + i, H, W)
+        expected = ref.canny_control_image(image, low, high)
+        label = f"a {H}x{W} RGB image, thresholds {low}/{high}"
+        got = call(fn, "canny_control_image", image.copy(), low, high, forbidden=FORBID_PROCESSOR, case=label)
+        assert_close(got, expected, name=f"canny_control_image on {label}", check_device=False, variants={
+            "Canny run on a grayscale copy (the annotators run it on the RGB image)":
+                lambda image=image, low=low, high=high: _gray_canny(image, low, high),
+            "black edges on white (inverted)": 1.0 - expected,
+            "values left in [0, 255]": expected * 255.0,
+        })
+    return passed("canny_control_image", len(cases), None, hidden)
+
+
+# ---------------------------------------------------------------- 2. depth control image
+def _depth_variant(depth, *, lo=0.02, hi=0.85, invert=True, clip=True, per_image=True, minmax=False):
+    d = depth.double()
+    flat = d.reshape(d.shape[0], -1) if per_image else d.reshape(1, -1).expand(d.shape[0], -1)
+    if minmax:
+        vmin, vmax = flat.min(1).values, flat.max(1).values
+    else:
+        vmin, vmax = torch.quantile(flat, lo, dim=1), torch.quantile(flat, hi, dim=1)
+    x = (d - vmin[:, None, None]) / (vmax - vmin)[:, None, None]
+    x = 1.0 - x if invert else x
+    x = x.clamp(0.0, 1.0) if clip else x
+    return x[:, None].repeat(1, 3, 1, 1).float()
+
+
+def _check_depth(fn, hidden: bool) -> str:
+    dev, seed = device_for(hidden), seed_for(hidden)
+    cases = [(2, 24, 40), (3, 16, 16), (1, 40, 24)] if hidden else [(2, 32, 32)]
+    for i, (B, H, W) in enumerate(cases):
+        depth = depth_scene(seed + i, B, H, W, dev)
+        expected = ref.depth_control_image(depth)
+        label = f"depth {(B, H, W)}"
+        got = call(fn, "depth_control_image", depth, forbidden=FORBID_DEPTH, case=label)
+        assert_close(got, expected, name=f"depth_control_image on {label}", variants={
+            "far bright and near dark (not inverted)": lambda depth=depth: _depth_variant(depth, invert=False),
+            "min-max normalisation instead of the 2nd/85th percentiles":
+                lambda depth=depth: _depth_variant(depth, minmax=True),
+            "no clipping to [0, 1]": lambda depth=depth: _depth_variant(depth, clip=False),
+            "percentiles over the whole batch instead of per image":
+                lambda depth=depth: _depth_variant(depth, per_image=False),
+        })
+    return passed("depth_control_image", len(cases), None, hidden)
+
+
+# ---------------------------------------------------------------- 3. OpenPose skeleton
+def _pose_variant(keypoints, H, W, *, dim=True, joints_first=False, bgr=False, swap_xy=False):
+    k = keypoints.detach().double().cpu().numpy()
+    if swap_xy:
+        k = k[:, ::-1]
+    canvas = np.zeros((H, W, 3), dtype=np.uint8)
+    colors = [c[::-1] for c in ref.COLORS] if bgr else ref.COLORS
+
+    def limbs():
+        for (a, b), color in zip(ref.LIMB_SEQ, colors):
+            p, q = k[a - 1], k[b - 1]
+            if not (np.isnan(p).any() or np.isnan(q).any()):
+                ref.draw_limb(canvas, p[0] * W, p[1] * H, q[0] * W, q[1] * H,
+                              [int(c * 0.6) for c in color] if dim else list(color))
+
+    def joints():
+        for p, color in zip(k, colors):
+            if not np.isnan(p).any():
+                ref.draw_joint(canvas, p[0] * W, p[1] * H, list(color))
+
+    for step in ((joints, limbs) if joints_first else (limbs, joints)):
+        step()
+    return torch.from_numpy(canvas).permute(2, 0, 1)[None].float().div(255.0)
+
+
+def _check_pose(fn, hidden: bool) -> str:
+    dev, seed = device_for(hidden), seed_for(hidden)
+    cases = [(64, 128, 0), (128, 64, 2), (32, 64, 1)] if hidden else [(64, 64, 0)]
+    for i, (H, W, missing) in enumerate(cases):
+        k = skeleton(seed + i, H, W, missing).to(dev)
+        expected = ref.openpose_image(k, H, W)
+        label = f"{H}x{W} canvas, {18 - missing} of 18 keypoints"
+        got = call(fn, "openpose_image", k, H, W, forbidden=FORBID_POSE, case=label)
+        assert_close(got, expected, name=f"openpose_image on a {label}", variants={
+            "the colours in BGR order (OpenCV's habit; the annotators' canvas is RGB)":
+                lambda k=k, H=H, W=W: _pose_variant(k, H, W, bgr=True).to(expected.device),
+            "limbs at full colour (the annotators draw them at 60%)":
+                lambda k=k, H=H, W=W: _pose_variant(k, H, W, dim=False).to(expected.device),
+            "the joints drawn first and the limbs over them":
+                lambda k=k, H=H, W=W: _pose_variant(k, H, W, joints_first=True).to(expected.device),
+            "x and y swapped": lambda k=k, H=H, W=W: _pose_variant(k, H, W, swap_xy=True).to(expected.device),
+        })
+    return passed("openpose_image", len(cases), None, hidden)
+
+
+# ---------------------------------------------------------------- 4. stacking ControlNets
+@functools.lru_cache(maxsize=4)
+def _other_controlnet(seed: int):
+    net, _ = weights.get("controlnet_model", standin=True)
+    reinitialise_(net, seed)
+    return net
+
+
+def _nets(n: int, dev):
+    base, source = weights.get("controlnet_model", dev, standin=True)
+    others = [copy.deepcopy(_other_controlnet(7 + k)).to(dev) for k in range(n - 1)]
+    return [base] + others, source
+
+
+def _multi_variant(nets, sample, t, text, images, scales, *, combine="sum", scale=True):
+    with torch.no_grad():
+        outs = [net(sample, t, text, image, conditioning_scale=(s if scale else 1.0), return_dict=False)
+                for net, image, s in zip(nets, images, scales)]
+    down = [sum(o[0][k] for o in outs) for k in range(len(outs[0][0]))]
+    mid = sum(o[1] for o in outs)
+    if combine == "mean":
+        down, mid = [d / len(outs) for d in down], mid / len(outs)
+    return down, mid
+
+
+def _check_multi(fn, hidden: bool) -> str:
+    dev, seed = device_for(hidden), seed_for(hidden)
+    cases = [(2, 8, 12, (0.7, 1.3)), (1, 4, 8, (0.5, 0.0, 1.2))] if hidden else [(1, 8, 8, (1.0, 0.5))]
+    for i, (B, H, W, scales) in enumerate(cases):
+        nets, source = _nets(len(scales), dev)
+        factor = 2 ** (len(nets[0].config.conditioning_embedding_out_channels) - 1)
+        s = seed + 10 * i
+        sample = randn(B, nets[0].config.in_channels, H, W, seed=s, dev=dev)
+        t = torch.randint(0, 1000, (B,), generator=generator(s + 1)).to(dev)
+        text = randn(B, 6, nets[0].config.cross_attention_dim, seed=s + 2, dev=dev)
+        images = [torch.rand(B, 3, H * factor, W * factor, generator=generator(s + 3 + k)).to(dev)
+                  for k in range(len(scales))]
+        exp_down, exp_mid = ref.multi_controlnet_residuals(nets, sample, t, text, images, scales)
+        label = f"{len(nets)} ControlNets, scales {list(scales)}, latent {tuple(sample.shape)}"
+        got = _call_then(fn, "multi_controlnet_residuals", _flatten_pair, 6, nets, sample, t, text, images,
+                         list(scales), forbidden=FORBID_MULTI, case=label)
+        down, mid = _unflatten_pair(got, "multi_controlnet_residuals", len(exp_down))
+        unscaled = functools.lru_cache(maxsize=1)(lambda: _multi_variant(nets, sample, t, text, images, scales,
+                                                                         scale=False))
+        mean = functools.lru_cache(maxsize=1)(lambda: _multi_variant(nets, sample, t, text, images, scales,
+                                                                     combine="mean"))
+        for k, (g_, e_) in enumerate(zip(down + [mid], exp_down + [exp_mid])):
+            which = "mid residual" if k == len(down) else f"down residual {k}"
+            assert_close(g_, e_, name=f"multi_controlnet_residuals {which} for {label}", variants={
+                "each net's residuals summed without its conditioning scale": lambda k=k: (unscaled()[0] + [unscaled()[1]])[k],
+                "the residuals averaged instead of summed": lambda k=k: (mean()[0] + [mean()[1]])[k],
+            })
+    return passed("multi_controlnet_residuals", len(cases), _ByDesign(source), hidden)
+
+
+# ---------------------------------------------------------------- 5. the control schedule
+def _schedule_variant(T, scales, starts, ends, *, start_shift=0, end_shift=0):
+    rows = []
+    for i in range(T):
+        rows.append([c * (1.0 - float((i + start_shift) / T < s or (i + 1 + end_shift) / T > e))
+                     for c, s, e in zip(scales, starts, ends)])
+    return torch.tensor(rows, dtype=torch.float32)
+
+
+def _check_schedule(fn, hidden: bool) -> str:
+    seed = seed_for(hidden)
+    if hidden:
+        g = generator(seed)
+        r = torch.rand(6, generator=g).tolist()
+        cases = [(25, [0.8, 1.2, 0.5], [0.1, 0.0, 0.32], [0.6, 1.0, 0.88]),
+                 (10, [1.0, 0.7], [0.2, 0.0], [0.7, 0.3]),               # boundaries i/T == start, (i+1)/T == end
+                 (7, [round(0.5 + r[0], 3)], [round(0.4 * r[1], 3)], [round(0.6 + 0.4 * r[2], 3)]),
+                 (50, [1.0, round(0.3 + r[3], 3)], [0.0, 0.5], [0.5, 1.0])]
+    else:
+        cases = [(8, [1.0, 0.5], [0.0, 0.25], [0.75, 1.0])]
+    for T, scales, starts, ends in cases:
+        expected = ref.control_schedule(T, scales, starts, ends)
+        label = f"{T} steps, scales {scales}, start {starts}, end {ends}"
+        got = call(fn, "control_schedule", T, list(scales), list(starts), list(ends), forbidden=FORBID_SCHEDULE,
+                   case=label)
+        assert_close(got, expected, name=f"control_schedule for {label}", check_device=False, variants={
+            "each step judged by its end, (i+1)/T, against the start (one step too late)":
+                _schedule_variant(T, scales, starts, ends, start_shift=1),
+            "each step judged by its start, i/T, against the end (one step too long)":
+                _schedule_variant(T, scales, starts, ends, end_shift=-1),
+            "the keep mask without the conditioning scales": _schedule_variant(T, [1.0] * len(scales), starts, ends),
+        })
+    return passed("control_schedule", len(cases), None, hidden)
+
+
+# ---------------------------------------------------------------- 6. guess mode's ramp
+def _check_guess(fn, hidden: bool) -> str:
+    cases = [(9, 0.7), (3, 2.0), (15, 1.0)] if hidden else [(12, 1.0)]
+    for n, scale in cases:
+        expected = ref.guess_mode_scales(n, scale)
+        label = f"{n} down residuals, conditioning_scale {scale}"
+        got = call(fn, "guess_mode_scales", n, scale, forbidden=FORBID_GUESS, case=label)
+        assert_close(got, expected, name=f"guess_mode_scales for {label}", check_device=False, variants={
+            "a linear ramp from 0.1 to 1 (the ramp is geometric: logspace)":
+                torch.linspace(0.1, 1.0, n + 1) * scale,
+            "the ramp reversed (deep residuals damped, shallow ones kept)": expected.flip(0),
+            "a ramp of n values with the mid residual appended at full scale":
+                torch.cat([torch.logspace(-1, 0, n) * scale, torch.tensor([scale])]),
+        })
+    return passed("guess_mode_scales", len(cases), None, hidden)
+
+
+EXERCISES = build(
+    ("canny_control_image", 2, _check_canny), ("depth_control_image", 2, _check_depth),
+    ("openpose_image", 3, _check_pose), ("multi_controlnet_residuals", 2, _check_multi),
+    ("control_schedule", 2, _check_schedule), ("guess_mode_scales", 1, _check_guess),
+)
