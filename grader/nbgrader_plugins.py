@@ -180,12 +180,12 @@ class TrustedGrade(NbGraderPreprocessor):
                     status = f"the recording process ended with status {done.returncode}"
             except _subprocess.TimeoutExpired:
                 status = f"the recording process was stopped after {self.timeout} s"
-            (job / "job.json").write_text(_json.dumps({"seeds": seeds, "record_dir": str(record_dir)}))
-            verify = _subprocess.run([_sys.executable, "-m", "grader.replay", "verify", lesson, str(job)],
-                                     stdin=_subprocess.DEVNULL, capture_output=True, text=True, timeout=900)
-            if verify.returncode != 0:
-                raise RuntimeError(f"trusted verification failed:\n{verify.stderr[-3000:]}")
-            verdicts = _json.loads((job / "verdicts.json").read_text())
+            # The trusted side runs here, in nbgrader's own process: the student's code never ran
+            # in it, and the lesson's weights stay loaded from one student to the next.
+            from grader.replay import verify
+            from grader.runtime import device
+
+            verdicts = verify(lesson, seeds, record_dir, str(device()))
         for cell in nb.cells:
             meta = cell.get("metadata", {}).get("nbgrader", {})
             if not (meta.get("grade") and not meta.get("solution") and cell.cell_type == "code"):

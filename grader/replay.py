@@ -95,11 +95,15 @@ class Replayer:
     tensors: dict
     device: str = "cpu"
     position: int = 0
+    timed_out_after: int | None = None
 
     def next(self, name: str, case: str) -> Any:
         from .exercise import SubmissionError
 
         if self.position >= len(self.calls):
+            if self.timed_out_after:
+                raise SubmissionError(f"{name}: timeout: no result for {case or 'this call'} within "
+                                      f"{self.timed_out_after} s (an endless loop?).")
             raise SubmissionError(f"{name}: no recorded result for {case or 'this call'} "
                                   f"(the submission stopped or timed out before computing it).")
         i, entry = self.position, self.calls[self.position]
@@ -169,17 +173,21 @@ def record(lesson: str, cells: list[str], seeds: dict[str, int], out: Path, per_
     ns = _exec_answers(cells, per_exercise_s)
     manifest: dict[str, list] = {}
     tensors: dict[str, torch.Tensor] = {}
+    timed_out: dict[str, int] = {}
     for name, ex in exercises.items():
         rec = Recorder(name, seeds[name])
         try:
             _alarm(per_exercise_s)
             with using(rec):
                 ex.hidden(ns.get(name))
+        except _Timeout:
+            timed_out[name] = per_exercise_s
         except BaseException:  # noqa: BLE001: whatever happened, what was recorded stands
             pass
         finally:
             signal.alarm(0)
         manifest[name] = rec.calls
+        manifest["__timed_out__"] = timed_out
         tensors.update(rec.tensors)
         # Written after every exercise: a later crash or kill keeps the earlier results.
         _write(out, manifest, tensors, save_file)
@@ -216,6 +224,9 @@ def verify(lesson: str, seeds: dict[str, int], recorded: Path, device: str = "cp
     for name, ex in lesson_module(lesson).EXERCISES.items():
         calls = manifest.get(name) if isinstance(manifest, dict) else None
         rep = Replayer(name, seeds[name], calls if isinstance(calls, list) else [], tensors, device)
+        timeouts = manifest.get("__timed_out__", {}) if isinstance(manifest, dict) else {}
+        if isinstance(timeouts, dict) and isinstance(timeouts.get(name), int):
+            rep.timed_out_after = timeouts[name]
         try:
             with using(rep), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
                 warnings.simplefilter("ignore")

@@ -11,6 +11,9 @@ from jupyter_client.manager import AsyncKernelManager
 class SandboxKernelManager(AsyncKernelManager):
     async def _async_pre_start_kernel(self, **kw):
         kernel_cmd, kw = await super()._async_pre_start_kernel(**kw)
+        # TrustedGrade decides the graded cells after this kernel is gone: the kernel's own
+        # hidden-test cells would only repeat that work (grader.exercises.grade skips them).
+        kw["env"] = dict(kw.get("env") or os.environ, COURSE_TRUSTED_GRADING="1")
         from .nbgrader_plugins import _memory_limit
         from .sandbox import hidden_paths, wrap
         from .weights.resolve import prepare_all

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
 import sys
 import warnings
 from dataclasses import dataclass
@@ -72,6 +73,11 @@ def grade(assignment: str, name: str, fn: Any) -> None:
     that emits a warning (or a library that logs) would lose its points: warnings are
     silenced and stderr is sent to stdout while the test runs.
     """
+    if os.environ.get("COURSE_TRUSTED_GRADING"):
+        # Inside a grading kernel started by SandboxedExecute: TrustedGrade judges this cell
+        # outside the student's process and overwrites its output.
+        print(f"{name}: graded outside this notebook by the trusted grader")
+        return
     with warnings.catch_warnings(), contextlib.redirect_stderr(sys.stdout):
         warnings.simplefilter("ignore")
         _quiet_libraries()
