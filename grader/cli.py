@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("demo", help="release + autograde the bundled example submissions")
     p.add_argument("lessons", nargs="*")
     p.add_argument("-o", "--out", default="reports/demo")
-    p.add_argument("-j", "--jobs", type=int, default=1)
+    p.add_argument("-j", "--jobs", type=int, default=2)
 
     args = parser.parse_args(argv)
     if args.cmd == "release":

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 
-
 @dataclass(frozen=True)
 class Exercise:
     name: str
