@@ -9,7 +9,6 @@ factor, chunks in another order). It never prints the reference tensor.
 from __future__ import annotations
 
 import itertools
-import math
 from typing import Callable, Mapping, Union
 
 import torch

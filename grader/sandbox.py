@@ -52,8 +52,6 @@ def available() -> bool:
 
 def hidden_paths(*roots: Path) -> list[str]:
     """The secrets of each course root (and of the package's own checkout)."""
-    from .weights.resolve import cache_root  # noqa: F401 (kept readable: weights live there)
-
     out: list[str] = []
     for root in roots:
         for name in SENSITIVE:

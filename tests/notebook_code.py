@@ -37,3 +37,18 @@ def namespace_with_wrong(assignment: str, exercise: str, name: str) -> dict:
     exec(compile(Path(module.__file__).read_text(), module.__file__, "exec"), ns)
     ns[exercise] = ns[name]
     return ns
+
+
+def public_diagnosis(assignment: str, mistake: str) -> str:
+    """The public check's failure message for the wrong implementation ``mistake`` (<exercise>__<what>)."""
+    import pytest
+
+    from grader.exercises import lesson
+
+    exercise = mistake.split("__")[0]
+    ns = namespace_with_wrong(assignment, exercise, mistake)
+    with pytest.raises(AssertionError) as err:
+        lesson(assignment).EXERCISES[exercise].public(ns[exercise])
+    message = str(err.value)
+    assert "def " not in message  # never the reference's code
+    return message

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import copy
 import functools
-import math
 
 import numpy as np
 import torch
 
 from .. import weights
-from ..compare import ComparisonError, assert_close
+from ..compare import assert_close
 from ..exercise import call
 from ..reference import controlnet_in_practice as ref
 from ..runtime import generator, randn

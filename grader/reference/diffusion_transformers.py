@@ -7,7 +7,6 @@ token grid, N = h*w tokens, D model width, T timestep-embedding width.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 
 def patchify(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -95,4 +94,4 @@ def final_layer_variant(model, x, t, y, *, swap_shift_scale: bool = False) -> to
         model.proj_out_1.forward = original
 
 
-__all__ = [name for name in dir() if not name.startswith("_") and name not in ("torch", "F", "annotations")]
+__all__ = [name for name in dir() if not name.startswith("_") and name not in ("torch", "annotations")]
