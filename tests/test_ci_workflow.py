@@ -22,6 +22,7 @@ def test_workflow_runs_the_commands_tested_here():
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_shards_cover_the_batch_once_and_merge(tmp_path, capsys):
     examples = REPO / "tests" / "submissions" / LESSON
     for i in (1, 2):

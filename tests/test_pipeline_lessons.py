@@ -14,7 +14,7 @@ from grader.autograde import run
 from grader.exercises import lesson
 from tests.notebook_code import REPO
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.extended]
 LESSONS = sorted(p.name for p in (REPO / "tests" / "submissions").iterdir()
                  if p.is_dir() and p.name != "10_diffusion_transformers")  # covered in depth elsewhere
 
