@@ -14,7 +14,7 @@ import pytest
 
 from grader.autograde import run
 from grader.exercises import lesson
-from tests.notebook_code import REPO
+from tests.notebook_code import REPO, in_process_score
 
 pytestmark = pytest.mark.slow
 
@@ -37,22 +37,6 @@ def _inject(source: str, func: str, lines: str) -> str:
     """Insert ``lines`` as the first statements of ``func``'s body (after its docstring)."""
     m = re.search(rf"def {func}\(.*?\):\n(    \"\"\".*?\"\"\"\n)?", source, re.S)
     return source[: m.end()] + "".join(f"    {l}\n" for l in lines.splitlines()) + source[m.end():]
-
-
-def expected_score(path) -> float:
-    """Grade a notebook's answer cells in-process with the same hidden tests (independent of nbgrader)."""
-    nb = nbformat.read(path, as_version=4)
-    ns: dict = {}
-    code = "\n\n".join(c.source for c in nb.cells if c.metadata.get("nbgrader", {}).get("solution"))
-    exec("import math, torch\nimport torch.nn.functional as F\n" + code, ns)
-    total = 0.0
-    for name, ex in EXERCISES.items():
-        try:
-            ex.hidden(ns.get(name))
-            total += ex.points
-        except AssertionError:
-            pass
-    return total
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +119,7 @@ def test_stub_scores_zero(graded):
 def test_partial_scores_match_in_process_grading(graded, student):
     results, _, flat = graded
     assert 0 < results[student].score < MAX
-    assert results[student].score == expected_score(flat / f"{student}.ipynb")
+    assert results[student].score == in_process_score(LESSON, flat / f"{student}.ipynb")
 
 
 def test_broken_json_gets_zero_and_a_reason(graded):

@@ -7,31 +7,15 @@ from __future__ import annotations
 
 import shutil
 
-import nbformat
 import pytest
 
 from grader.autograde import run
 from grader.exercises import lesson
-from tests.notebook_code import REPO
+from tests.notebook_code import REPO, in_process_score
 
 pytestmark = [pytest.mark.slow, pytest.mark.extended]
 LESSONS = sorted(p.name for p in (REPO / "tests" / "submissions").iterdir()
                  if p.is_dir() and p.name != "10_diffusion_transformers")  # covered in depth elsewhere
-
-
-def _in_process_score(assignment: str, path) -> float:
-    nb = nbformat.read(path, as_version=4)
-    ns: dict = {}
-    code = "\n\n".join(c.source for c in nb.cells if c.metadata.get("nbgrader", {}).get("solution"))
-    exec("import math, torch\nimport torch.nn.functional as F\n" + code, ns)
-    total = 0.0
-    for name, ex in lesson(assignment).EXERCISES.items():
-        try:
-            ex.hidden(ns.get(name))
-            total += ex.points
-        except AssertionError:
-            pass
-    return total
 
 
 @pytest.mark.parametrize("assignment", LESSONS)
@@ -48,7 +32,7 @@ def test_examples_and_stub_through_nbgrader(assignment, tmp_path):
     assert results["broken"].status == "invalid" and results["broken"].score == 0
     partial = results["partly_wrong"].score
     assert 0 < partial < full
-    assert partial == _in_process_score(assignment, batch / "partly_wrong.ipynb")
+    assert partial == in_process_score(assignment, batch / "partly_wrong.ipynb")
     for r in results.values():
         if r.feedback:
             html = open(r.feedback).read()
