@@ -8,7 +8,7 @@ import pytest
 
 from grader import replay
 from grader.exercises import lesson
-from tests.notebook_code import answer_cells, wrong_implementations, wrong_module
+from tests.notebook_code import answer_cells, trusted_verdicts, wrong_implementations, wrong_module
 
 LESSON = "10_diffusion_transformers"
 EXERCISES = lesson(LESSON).EXERCISES
@@ -16,9 +16,7 @@ PRELUDE = "import math\nimport torch\nimport torch.nn.functional as F\n"
 
 
 def _verdicts(cells, tmp_path: Path):
-    seeds = {name: 1234 + i for i, name in enumerate(EXERCISES)}
-    replay.record(LESSON, cells, seeds, tmp_path / "rec", per_exercise_s=60)
-    return replay.verify(LESSON, seeds, tmp_path / "rec")
+    return trusted_verdicts(LESSON, cells, tmp_path, seed_base=1234, per_exercise_s=60)
 
 
 def test_solution_passes_every_exercise(tmp_path):
@@ -44,7 +42,17 @@ def fake(self, name, case, value):
     return _orig(self, name, case, torch.zeros(1))   # claim an answer
 grader.replay.Recorder.add_result = fake
 """
-    verdicts = _verdicts([PRELUDE, attack, *answer_cells(LESSON).values()], tmp_path)
+    import grader.compare
+
+    # The attack runs in this process here (in grading it runs in the sandbox): undo it after.
+    # Verification then runs untouched, as it does in nbgrader's own process.
+    seeds = {name: 1234 + i for i, name in enumerate(EXERCISES)}
+    saved = replay.Recorder.add_result, grader.compare.assert_close
+    try:
+        replay.record(LESSON, [PRELUDE, attack, *answer_cells(LESSON).values()], seeds, tmp_path / "rec", 60)
+    finally:
+        replay.Recorder.add_result, grader.compare.assert_close = saved
+    verdicts = replay.verify(LESSON, seeds, tmp_path / "rec")
     assert not any(v["passed"] for v in verdicts.values())
 
 
