@@ -72,3 +72,14 @@ def in_process_score(assignment: str, path) -> float:
         except AssertionError:
             pass
     return total
+
+
+def trusted_verdicts(assignment: str, cells: list[str], folder, *, seed_base: int, per_exercise_s: int) -> dict:
+    """Record ``cells`` and verify the record (grader.replay), as TrustedGrade does, in-process."""
+    from grader import replay
+    from grader.exercises import lesson
+
+    seeds = {name: seed_base + i for i, name in enumerate(lesson(assignment).EXERCISES)}
+    replay.record(assignment, cells, seeds, folder / "rec", per_exercise_s=per_exercise_s)
+    return replay.verify(assignment, seeds, folder / "rec")
+

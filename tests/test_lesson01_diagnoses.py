@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from grader import replay
 from grader.exercises import lesson
-from tests.notebook_code import answer_cells, public_diagnosis, wrong_module
+from tests.notebook_code import answer_cells, public_diagnosis, trusted_verdicts, wrong_module
 
 LESSON = "01_controlnet"
 EXERCISES = lesson(LESSON).EXERCISES
@@ -50,9 +49,7 @@ def test_public_check_diagnoses_the_classic_mistake(mistake, expected):
 
 
 def _verdicts(cells, tmp_path: Path):
-    seeds = {name: 4321 + i for i, name in enumerate(EXERCISES)}
-    replay.record(LESSON, cells, seeds, tmp_path / "rec", per_exercise_s=120)
-    return replay.verify(LESSON, seeds, tmp_path / "rec")
+    return trusted_verdicts(LESSON, cells, tmp_path, seed_base=4321, per_exercise_s=120)
 
 
 def test_solution_passes_every_exercise_under_record_and_verify(tmp_path):
