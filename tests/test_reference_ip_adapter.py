@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from grader.exercises import ip_adapter as ex
 from grader.reference import ip_adapter as ref
 from grader.weights import CHECKPOINTS, CheckpointMismatch, load_part, resolve
-from grader.weights.registry import _build_ipa_image_proj, _build_ipa_layers
+from grader.checkpoints.ip_adapter import _build_ipa_image_proj, _build_ipa_layers
 
 IPA, UNET = CHECKPOINTS["ip_adapter_sd15"], CHECKPOINTS["ip_adapter_sd15_unet"]
 

@@ -1,56 +1,31 @@
-"""Per-lesson checks: ``public`` (what the student's local check runs) and ``hidden`` (grading).
+"""Per-lesson exercises: each lesson module defines ``EXERCISES``: name -> :class:`grader.cases.Exercise`.
 
-Each lesson module defines ``EXERCISES``: name -> :class:`Exercise`. Hidden-test cells in
-the source notebooks call :func:`grade` in one line, so pytest can run every wrong
-implementation through the very same function in milliseconds.
+An exercise declares its cases (inputs from a seed) and a judge (reference + comparison);
+see :mod:`grader.cases`. Hidden-test cells in the source notebooks call :func:`grade` in
+one line, so pytest runs every wrong implementation through the same code in milliseconds.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib
+import json
 import os
 import sys
 import warnings
-from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
+
+from ..cases import Case, Context, Exercise  # noqa: F401  (the API lesson modules use)
+
+#: Set by the trusted grader in a grading kernel: the folder the kernel records into and the seeds.
+RECORD_DIR_ENV = "COURSE_RECORD_DIR"
+SEEDS_ENV = "COURSE_SEEDS"
+DEVICE_ENV = "COURSE_GRADE_DEVICE"
 
 
-@dataclass(frozen=True)
-class Exercise:
-    name: str
-    points: int
-    public: Callable[[Any], str]
-    hidden: Callable[[Any], str]
-
-
-def seed_for(hidden: bool) -> int:
-    """Public checks: fixed inputs (seed 0). Hidden tests: a seed drawn at grading time."""
-    from ..runtime import fresh_seed
-
-    return fresh_seed() if hidden else 0
-
-
-def device_for(hidden: bool):
-    """Public checks run on the CPU (instant, same everywhere); hidden tests on the GPU when present."""
-    import torch
-
-    from ..runtime import device
-
-    return device() if hidden else torch.device("cpu")
-
-
-def passed(name: str, n: int, source=None, hidden: bool = False) -> str:
-    """The success line, with the banner of the weights used."""
-    kind = "hidden tests" if hidden else "public checks"
-    banner = f" [{source.banner()}]" if source is not None else ""
-    return f"{name}: {n} {kind} passed{banner}"
-
-
-def build(*entries: tuple[str, int, Callable[[Any, bool], str]]) -> dict[str, Exercise]:
-    """EXERCISES from (name, points, check(fn, hidden)) triples, in notebook order."""
-    return {name: Exercise(name, points, (lambda fn, c=check: c(fn, False)), (lambda fn, c=check: c(fn, True)))
-            for name, points, check in entries}
+def exercises(*items: Exercise) -> dict[str, Exercise]:
+    """``EXERCISES`` in notebook order."""
+    return {ex.name: ex for ex in items}
 
 
 def lesson(assignment: str):
@@ -66,21 +41,31 @@ def lesson(assignment: str):
 
 
 def grade(assignment: str, name: str, fn: Any) -> None:
-    """Hidden test entry point: raises AssertionError with a message unless ``fn`` is right.
+    """Hidden test entry point (one line in each graded cell).
 
-    nbgrader scores a graded cell 0 when it writes anything to stderr, so a correct answer
-    that emits a warning (or a library that logs) would lose its points: warnings are
+    In a grading kernel (the trusted grader set ``COURSE_RECORD_DIR``): only record what
+    ``fn`` returns on the grader's inputs; the verdict is decided outside this process and
+    replaces this cell's output. Elsewhere: run the hidden tests in-process, raising
+    AssertionError with a message unless ``fn`` is right.
+
+    nbgrader scores a graded cell 0 when it writes anything to stderr, so warnings are
     silenced and stderr is sent to stdout while the test runs.
     """
-    if os.environ.get("COURSE_TRUSTED_GRADING"):
-        # Inside a grading kernel started by SandboxedExecute: TrustedGrade judges this cell
-        # outside the student's process and overwrites its output.
-        print(f"{name}: graded outside this notebook by the trusted grader")
-        return
+    ex = lesson(assignment).EXERCISES[name]
     with warnings.catch_warnings(), contextlib.redirect_stderr(sys.stdout):
         warnings.simplefilter("ignore")
         _quiet_libraries()
-        print(lesson(assignment).EXERCISES[name].hidden(fn))
+        folder = os.environ.get(RECORD_DIR_ENV)
+        if folder:
+            from ..cases import hidden_context, record
+            from ..record import write_entry
+
+            seeds = json.loads(os.environ.get(SEEDS_ENV, "{}"))
+            ctx = hidden_context(seeds.get(name, 0), os.environ.get(DEVICE_ENV) or None)
+            record(ex, fn, ctx, sink=lambda i, entry: write_entry(folder, name, i, entry))
+            print(f"{name}: recorded; the trusted grader decides this cell outside the notebook")
+            return
+        print(ex.hidden(fn))
 
 
 def _quiet_libraries() -> None:
@@ -88,3 +73,39 @@ def _quiet_libraries() -> None:
 
     for lib in ("diffusers", "transformers", "huggingface_hub"):
         logging.getLogger(lib).setLevel(logging.ERROR)
+
+
+# ---------------------------------------------------------------- legacy (lessons not yet ported)
+from dataclasses import dataclass  # noqa: E402
+from typing import Callable  # noqa: E402
+
+
+@dataclass(frozen=True)
+class LegacyExercise:
+    name: str
+    points: int
+    public: Callable[[Any], str]
+    hidden: Callable[[Any], str]
+
+
+def seed_for(hidden: bool) -> int:
+    return int.from_bytes(os.urandom(4), "little") if hidden else 0
+
+
+def device_for(hidden: bool):
+    import torch
+
+    from ..runtime import device
+
+    return device() if hidden else torch.device("cpu")
+
+
+def passed(name: str, n: int, source=None, hidden: bool = False) -> str:
+    kind = "hidden tests" if hidden else "public checks"
+    banner = f" [{source.banner()}]" if source is not None else ""
+    return f"{name}: {n} {kind} passed{banner}"
+
+
+def build(*entries):
+    return {name: LegacyExercise(name, points, (lambda fn, c=check: c(fn, False)), (lambda fn, c=check: c(fn, True)))
+            for name, points, check in entries}

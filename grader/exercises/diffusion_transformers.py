@@ -1,8 +1,10 @@
 """Lesson 10 (Diffusion Transformers): public checks and hidden tests for every exercise.
 
-Public checks: fixed small inputs on the CPU. Hidden tests: a seed drawn at grading time,
-shapes the public checks do not use (non-square grids, batch > 1, other patch sizes),
-the real DiT-XL/2 weights when present, and the GPU when there is one.
+Each exercise: ``cases`` (inputs from the context's seed; runs beside the student's code, so
+no reference here) and ``judge`` (reference + comparison; trusted side only). Public checks:
+fixed small inputs on the CPU. Hidden tests: the grader's seed, shapes the public checks do
+not use (non-square grids, batch > 1, other patch sizes, other widths), the real DiT-XL/2
+weights when present, and the GPU when there is one.
 """
 
 from __future__ import annotations
@@ -12,13 +14,10 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from .. import weights
 from ..compare import ComparisonError, assert_close
-from ..exercise import call
 from ..reference import diffusion_transformers as ref
 from ..weights.resolve import reinitialise_
-from ..runtime import generator, randn
-from . import build, device_for, passed, seed_for
+from . import Case, Context, Exercise, exercises
 
 LESSON = "10_diffusion_transformers"
 
@@ -40,86 +39,91 @@ FORBID_MODEL = FORBID_BLOCK + FORBID_POS + (
 
 
 # ---------------------------------------------------------------- 1. patchify
-def _check_patchify(fn, hidden: bool) -> str:
-    dev, seed = device_for(hidden), seed_for(hidden)
-    embed, source = weights.get("dit_patch_embed", dev)
+def _patchify_cases(ctx: Context):
+    embed = ctx.weights("dit_patch_embed")
     w, b = embed.proj.weight.detach(), embed.proj.bias.detach()
-    if hidden:
+    if ctx.hidden:
         cases = [((2, 4, 6, 10), w, b),
-                 ((3, 3, 8, 12), randn(24, 3, 4, 4, seed=seed + 1, dev=dev, scale=0.2), randn(24, seed=seed + 2, dev=dev)),
-                 ((1, 5, 3, 2), randn(7, 5, 1, 1, seed=seed + 3, dev=dev), randn(7, seed=seed + 4, dev=dev))]
+                 ((3, 3, 8, 12), ctx.randn(24, 3, 4, 4, offset=1, scale=0.2), ctx.randn(24, offset=2)),
+                 ((1, 5, 3, 2), ctx.randn(7, 5, 1, 1, offset=3), ctx.randn(7, offset=4))]
     else:
         cases = [((1, 4, 8, 8), w, b)]
     for i, (shape, wt, bs) in enumerate(cases):
-        x = randn(*shape, seed=seed + 10 + i, dev=dev)
-        expected = ref.patchify(x, wt, bs)
-        B, _, H, W = shape
-        p = wt.shape[-1]
-        label = f"x {shape}, patch size {p}"
-        got = call(fn, "patchify", x, wt, bs, forbidden=FORBID_PATCHIFY, case=label)
-        grid = expected.reshape(B, H // p, W // p, -1)
-        assert_close(got, expected, name=f"patchify on {label}", variants={
-            "the tokens in column-major order (w before h)": grid.transpose(1, 2).reshape(expected.shape),
-            "each patch's rows and columns swapped before the projection": ref.patchify(x, wt.transpose(2, 3), bs),
-            "the bias left out": expected - bs,
-        })
-    return passed("patchify", len(cases), source, hidden)
+        x = ctx.randn(*shape, offset=10 + i)
+        yield Case(f"x {shape}, patch size {wt.shape[-1]}", (x, wt, bs))
+
+
+def _patchify_judge(case: Case, got) -> None:
+    x, wt, bs = case.args
+    expected = ref.patchify(x, wt, bs)
+    B, _, H, W = x.shape
+    p = wt.shape[-1]
+    grid = expected.reshape(B, H // p, W // p, -1)
+    assert_close(got, expected, name=f"patchify on {case.label}", variants={
+        "the tokens in column-major order (w before h)": grid.transpose(1, 2).reshape(expected.shape),
+        "each patch's rows and columns swapped before the projection": ref.patchify(x, wt.transpose(2, 3), bs),
+        "the bias left out": expected - bs,
+    })
 
 
 # ---------------------------------------------------------------- 2. unpatchify
-def _check_unpatchify(fn, hidden: bool) -> str:
-    dev, seed = device_for(hidden), seed_for(hidden)
-    cases = [(2, 3, 5, 2, 8), (3, 2, 6, 4, 3), (1, 4, 4, 1, 5)] if hidden else [(1, 4, 4, 2, 8)]
-    for i, (B, gh, gw, p, C) in enumerate(cases):
-        tokens = randn(B, gh * gw, p * p * C, seed=seed + i, dev=dev)
-        expected = ref.unpatchify(tokens, gh, gw, p, C)
-        label = f"{B} x {gh}x{gw} grid, patch {p}, {C} channels"
-        got = call(fn, "unpatchify", tokens, gh, gw, p, C, case=label)
-        x6 = tokens.reshape(B, gh, gw, p, p, C)
-        assert_close(got, expected, name=f"unpatchify on {label}", variants={
-            "the two in-patch axes swapped (p and q)": torch.einsum("nhwpqc->nchqwp", x6).reshape(expected.shape),
-            "channels first in each token's vector (C, p, q) instead of DiT's (p, q, C)":
-                torch.einsum("nhwcpq->nchpwq", tokens.reshape(B, gh, gw, C, p, p)).reshape(expected.shape),
-        })
-    return passed("unpatchify", len(cases), None, hidden)
+def _unpatchify_cases(ctx: Context):
+    shapes = [(2, 3, 5, 2, 8), (3, 2, 6, 4, 3), (1, 4, 4, 1, 5)] if ctx.hidden else [(1, 4, 4, 2, 8)]
+    for i, (B, gh, gw, p, C) in enumerate(shapes):
+        tokens = ctx.randn(B, gh * gw, p * p * C, offset=i)
+        yield Case(f"{B} x {gh}x{gw} grid, patch {p}, {C} channels", (tokens, gh, gw, p, C))
+
+
+def _unpatchify_judge(case: Case, got) -> None:
+    tokens, gh, gw, p, C = case.args
+    B = tokens.shape[0]
+    expected = ref.unpatchify(tokens, gh, gw, p, C)
+    x6 = tokens.reshape(B, gh, gw, p, p, C)
+    assert_close(got, expected, name=f"unpatchify on {case.label}", variants={
+        "the two in-patch axes swapped (p and q)": torch.einsum("nhwpqc->nchqwp", x6).reshape(expected.shape),
+        "channels first in each token's vector (C, p, q) instead of DiT's (p, q, C)":
+            torch.einsum("nhwcpq->nchpwq", tokens.reshape(B, gh, gw, C, p, p)).reshape(expected.shape),
+    })
 
 
 # ---------------------------------------------------------------- 3. 2D sin-cos position embedding
-def _check_pos_embed(fn, hidden: bool) -> str:
-    cases = [(1152, 16, 16, 16), (32, 3, 5, 4), (24, 6, 2, 8)] if hidden else [(16, 4, 4, 4)]
-    for D, gh, gw, base in cases:
-        expected = ref.sincos_pos_embed_2d(D, gh, gw, base)
-        label = f"embed_dim {D}, {gh}x{gw} grid, base_size {base}"
-        got = call(fn, "sincos_pos_embed_2d", D, gh, gw, base, forbidden=FORBID_POS, case=label)
-        variants = {"the token grid read column by column (meshgrid indexing 'ij' or h and w swapped)":
-                    expected.reshape(gh, gw, D).transpose(0, 1).reshape(gh * gw, D) if gh == gw else None,
-                    "integer positions (the base_size/grid_size scaling left out)":
-                    ref.sincos_pos_embed_2d(D, gh, gw, gh) if gh == gw and gh != base else None}
-        assert_close(got, expected, name=f"sincos_pos_embed_2d with {label}", variants=variants, check_device=False)
-    return passed("sincos_pos_embed_2d", len(cases), None, hidden)
+def _pos_cases(ctx: Context):
+    configs = [(1152, 16, 16, 16), (32, 3, 5, 4), (24, 6, 2, 8), (64, 4, 4, 16)] if ctx.hidden else [(16, 4, 4, 4)]
+    for D, gh, gw, base in configs:
+        yield Case(f"embed_dim {D}, {gh}x{gw} grid, base_size {base}", (D, gh, gw, base))
+
+
+def _pos_judge(case: Case, got) -> None:
+    D, gh, gw, base = case.args
+    expected = ref.sincos_pos_embed_2d(D, gh, gw, base)
+    variants = {"the token grid read column by column (meshgrid indexing 'ij' or h and w swapped)":
+                expected.reshape(gh, gw, D).transpose(0, 1).reshape(gh * gw, D) if gh == gw else None,
+                "integer positions (the base_size/grid_size scaling left out)":
+                ref.sincos_pos_embed_2d(D, gh, gw, gh) if gh == gw and gh != base else None}
+    assert_close(got, expected, name=f"sincos_pos_embed_2d with {case.label}", variants=variants, check_device=False)
 
 
 # ---------------------------------------------------------------- 4. timestep embedding
-def _check_timestep(fn, hidden: bool) -> str:
-    from diffusers.models.embeddings import get_timestep_embedding
-
-    dev, seed = device_for(hidden), seed_for(hidden)
-    if hidden:
-        g = generator(seed)
+def _time_cases(ctx: Context):
+    if ctx.hidden:
+        g = ctx.generator(0)
         cases = [(torch.rand(5, generator=g) * 1000, 256), (torch.randint(0, 1000, (3,), generator=g).float(), 64),
                  (torch.tensor([0.0, 0.5, 999.0]), 8)]
     else:
         cases = [(torch.tensor([0.0, 10.0, 999.0]), 32)]
     for t, dim in cases:
-        t = t.to(dev)
-        expected = ref.timestep_embedding(t, dim)
-        label = f"{t.numel()} timesteps, dim {dim}"
-        got = call(fn, "timestep_embedding", t, dim, forbidden=FORBID_TIME, case=label)
-        assert_close(got, expected, name=f"timestep_embedding with {label}", variants={
-            "downscale_freq_shift=0 (SD3/Flux's spacing; DiT uses 1)":
-                get_timestep_embedding(t, dim, flip_sin_to_cos=True, downscale_freq_shift=0),
-        })
-    return passed("timestep_embedding", len(cases), None, hidden)
+        yield Case(f"{t.numel()} timesteps, dim {dim}", (t.to(ctx.device), dim))
+
+
+def _time_judge(case: Case, got) -> None:
+    from diffusers.models.embeddings import get_timestep_embedding
+
+    t, dim = case.args
+    expected = ref.timestep_embedding(t, dim)
+    assert_close(got, expected, name=f"timestep_embedding with {case.label}", variants={
+        "downscale_freq_shift=0 (SD3/Flux's spacing; DiT uses 1)":
+            get_timestep_embedding(t, dim, flip_sin_to_cos=True, downscale_freq_shift=0),
+    })
 
 
 # ---------------------------------------------------------------- 5. adaLN-Zero
@@ -130,40 +134,42 @@ def _adaln_swapped(x, c, w, b):
     return ref.adaln_zero(x, c, w[perm], b[perm])[0]
 
 
-def _check_adaln(fn, hidden: bool) -> str:
-    dev, seed = device_for(hidden), seed_for(hidden)
-    block, source = weights.get("dit_block", dev)
+def _adaln_cases(ctx: Context):
+    block = ctx.weights("dit_block")
     w, b = block.norm1.linear.weight.detach(), block.norm1.linear.bias.detach()
-    D = w.shape[1]
-    cases = [(3, 7, w, b), (2, 5, randn(72, 12, seed=seed + 1, dev=dev, scale=0.3), randn(72, seed=seed + 2, dev=dev))] \
-        if hidden else [(1, 4, w, b)]
-    for i, (B, N, wt, bs) in enumerate(cases):
+    configs = [(3, 7, w, b), (2, 5, ctx.randn(72, 12, offset=1, scale=0.3), ctx.randn(72, offset=2))] \
+        if ctx.hidden else [(1, 4, w, b)]
+    for i, (B, N, wt, bs) in enumerate(configs):
         D = wt.shape[1]
-        x = randn(B, N, D, seed=seed + 10 + i, dev=dev) * 2 + 0.5
-        c = randn(B, D, seed=seed + 20 + i, dev=dev)
-        expected = ref.adaln_zero(x, c, wt, bs)
-        label = f"x {(B, N, D)}"
-        got = call(fn, "adaln_zero", x, c, wt, bs, forbidden=FORBID_ADALN, case=label)
-        if not isinstance(got, (tuple, list)) or len(got) != 5:
-            raise ComparisonError("adaln_zero: return a tuple of 5 tensors: "
-                                  "(x_modulated, gate_msa, shift_mlp, scale_mlp, gate_mlp).")
-        names = ("x_modulated", "gate_msa", "shift_mlp", "scale_mlp", "gate_mlp")
-        mod = F.linear(F.silu(c), wt, bs)
-        for k, (g_, e_, n_) in enumerate(zip(got, expected, names)):
-            variants = {}
-            if k == 0:
-                normed = F.layer_norm(x, (D,), eps=1e-6)
-                shift, scale = mod[:, :D, None].transpose(1, 2), mod[:, D:2 * D, None].transpose(1, 2)
-                no_silu = F.linear(c, wt, bs)[:, None]
-                variants = {"shift and scale swapped": _adaln_swapped(x, c, wt, bs),
-                            "the 1 + left out of (1 + scale)": normed * scale + shift,
-                            "no SiLU before the modulation linear":
-                                normed * (1 + no_silu[..., D:2 * D]) + no_silu[..., :D]}
-            else:
-                variants = {f"chunk {j} of the six ({['shift_msa', 'scale_msa', 'gate_msa', 'shift_mlp', 'scale_mlp', 'gate_mlp'][j]})":
-                            mod[:, j * D:(j + 1) * D] for j in range(6)}
-            assert_close(g_, e_, name=f"adaln_zero {n_} on {label}", variants=variants)
-    return passed("adaln_zero", len(cases), source, hidden)
+        x = ctx.randn(B, N, D, offset=10 + i) * 2 + 0.5
+        c = ctx.randn(B, D, offset=20 + i)
+        yield Case(f"x {(B, N, D)}", (x, c, wt, bs))
+
+
+_ADALN_OUTPUTS = ("x_modulated", "gate_msa", "shift_mlp", "scale_mlp", "gate_mlp")
+_CHUNKS = ("shift_msa", "scale_msa", "gate_msa", "shift_mlp", "scale_mlp", "gate_mlp")
+
+
+def _adaln_judge(case: Case, got) -> None:
+    x, c, wt, bs = case.args
+    D = wt.shape[1]
+    expected = ref.adaln_zero(x, c, wt, bs)
+    if not isinstance(got, (tuple, list)) or len(got) != 5:
+        raise ComparisonError("adaln_zero: return a tuple of 5 tensors: "
+                              "(x_modulated, gate_msa, shift_mlp, scale_mlp, gate_mlp).")
+    mod = F.linear(F.silu(c), wt, bs)
+    for k, (g_, e_, n_) in enumerate(zip(got, expected, _ADALN_OUTPUTS)):
+        if k == 0:
+            normed = F.layer_norm(x, (D,), eps=1e-6)
+            shift, scale = mod[:, :D, None].transpose(1, 2), mod[:, D:2 * D, None].transpose(1, 2)
+            no_silu = F.linear(c, wt, bs)[:, None]
+            variants = {"shift and scale swapped": _adaln_swapped(x, c, wt, bs),
+                        "the 1 + left out of (1 + scale)": normed * scale + shift,
+                        "no SiLU before the modulation linear":
+                            normed * (1 + no_silu[..., D:2 * D]) + no_silu[..., :D]}
+        else:
+            variants = {f"chunk {j} of the six ({_CHUNKS[j]})": mod[:, j * D:(j + 1) * D] for j in range(6)}
+        assert_close(g_, e_, name=f"adaln_zero {n_} on {case.label}", variants=variants)
 
 
 # ---------------------------------------------------------------- 6. multi-head self-attention
@@ -179,38 +185,40 @@ def _mha(attn, x, *, scale: float | None = None, heads: int | None = None, proje
     return attn.to_out[0](out) if project else out
 
 
-def _check_attention(fn, hidden: bool) -> str:
+def _attention_cases(ctx: Context):
     from diffusers.models.attention_processor import Attention
 
-    dev, seed = device_for(hidden), seed_for(hidden)
-    block, source = weights.get("dit_block", dev)
-    attn = block.attn1
-    cases = [(2, 9, attn)] if hidden else [(1, 5, attn)]
-    if hidden:
-        other = Attention(query_dim=15, heads=3, dim_head=5, bias=True).to(dev).eval()
-        reinitialise_(other, seed % 1000)
-        cases.append((3, 6, other))
-    for i, (B, N, module) in enumerate(cases):
+    attn = ctx.weights("dit_block").attn1
+    configs = [(2, 9, attn)] if ctx.hidden else [(1, 5, attn)]
+    if ctx.hidden:
+        # Inner width (heads x head_dim = 15) differs from the query width (12): a submission
+        # that reads the head size from x instead of from the projections fails here.
+        other = Attention(query_dim=12, heads=3, dim_head=5, bias=True).to(ctx.device).eval()
+        reinitialise_(other, ctx.seed % 1000)
+        configs.append((3, 6, other))
+    for i, (B, N, module) in enumerate(configs):
         D = module.to_q.in_features
-        x = randn(B, N, D, seed=seed + i, dev=dev)
-        expected = ref.self_attention(module, x)
-        label = f"x {(B, N, D)}, {module.heads} heads"
-        got = call(fn, "self_attention", module, x, forbidden=FORBID_ATTN, case=label)
-        d = module.to_q.out_features // module.heads
-        with torch.no_grad():
-            assert_close(got, expected, name=f"self_attention on {label}", variants={
-                "the 1/sqrt(head_dim) scale left out": _mha(module, x, scale=1.0),
-                "scores divided by head_dim instead of its square root": _mha(module, x, scale=1.0 / d),
-                "a single head over the full width": _mha(module, x, heads=1),
-                "no output projection (to_out[0])": _mha(module, x, project=False),
-            })
-    return passed("self_attention", len(cases), source, hidden)
+        x = ctx.randn(B, N, D, offset=i)
+        yield Case(f"x {(B, N, D)}, {module.heads} heads", (module, x))
+
+
+def _attention_judge(case: Case, got) -> None:
+    module, x = case.args
+    expected = ref.self_attention(module, x)
+    d = module.to_q.out_features // module.heads
+    with torch.no_grad():
+        assert_close(got, expected, name=f"self_attention on {case.label}", variants={
+            "the 1/sqrt(head_dim) scale left out": lambda: _mha(module, x, scale=1.0),
+            "scores divided by head_dim instead of its square root": lambda: _mha(module, x, scale=1.0 / d),
+            "a single head over the full width": lambda: _mha(module, x, heads=1),
+            "no output projection (to_out[0])": lambda: _mha(module, x, project=False),
+        })
 
 
 # ---------------------------------------------------------------- 7. DiT block
-def _labels(B: int, block, seed: int, dev) -> torch.Tensor:
+def _labels(B: int, block, ctx: Context, offset: int) -> torch.Tensor:
     n = block.norm1.emb.class_embedder.num_classes
-    return torch.randint(0, n, (B,), generator=generator(seed)).to(dev)
+    return ctx.randint(0, n, (B,), offset=offset)
 
 
 def _without_attention_gate(block):
@@ -222,51 +230,53 @@ def _without_attention_gate(block):
     return probe
 
 
-def _check_block(fn, hidden: bool) -> str:
-    dev, seed = device_for(hidden), seed_for(hidden)
-    block, source = weights.get("dit_block", dev)
+def _block_cases(ctx: Context):
+    block = ctx.weights("dit_block")
     D = block.norm1.linear.in_features
-    cases = [(3, 10, 1.0), (1, 16, 1.0), (2, 6, 0.01)] if hidden else [(1, 4, 1.0)]
-    for i, (B, N, x_scale) in enumerate(cases):
+    configs = [(3, 10, 1.0), (1, 16, 1.0), (2, 6, 0.01)] if ctx.hidden else [(1, 4, 1.0)]
+    for i, (B, N, x_scale) in enumerate(configs):
         if x_scale != 1.0:
             # Probe: attention gate zeroed and a tiny residual, so the output is the MLP branch
             # alone and small activation mistakes (exact vs. tanh GELU) stand out.
             block = _without_attention_gate(block)
-        x = randn(B, N, D, seed=seed + i, dev=dev, scale=x_scale)
-        t = (torch.randint(0, 1000, (B,), generator=generator(seed + 100 + i))).to(dev)
-        y = _labels(B, block, seed + 200 + i, dev)
-        expected = ref.dit_block(block, x, t, y)
-        label = f"x {(B, N, D)}, t {t.tolist()}, y {y.tolist()}"
-        got = call(fn, "dit_block", block, x, t, y, forbidden=FORBID_BLOCK, case=label)
-        assert_close(got, expected, name=f"dit_block on {label}")
-    return passed("dit_block", len(cases), source, hidden)
+        x = ctx.randn(B, N, D, offset=i, scale=x_scale)
+        t = ctx.randint(0, 1000, (B,), offset=100 + i)
+        y = _labels(B, block, ctx, 200 + i)
+        yield Case(f"x {(B, N, D)}, t {t.tolist()}, y {y.tolist()}", (block, x, t, y))
+
+
+def _block_judge(case: Case, got) -> None:
+    assert_close(got, ref.dit_block(*case.args), name=f"dit_block on {case.label}")
 
 
 # ---------------------------------------------------------------- 8. the whole DiT forward
-def _check_forward(fn, hidden: bool) -> str:
-    dev, seed = device_for(hidden), seed_for(hidden)
+def _forward_cases(ctx: Context):
     # The public check stays instant: the whole real DiT-XL/2 (2.7 GB) only in hidden tests.
-    model, source = weights.get("dit_model", dev, standin=not hidden)
+    model = ctx.weights("dit_model", standin=not ctx.hidden)
     cfg = model.config
     S = cfg.sample_size
-    cases = [2] if hidden else [1]
-    for i, B in enumerate(cases):
-        x = randn(B, cfg.in_channels, S, S, seed=seed + i, dev=dev)
-        t = torch.randint(0, 1000, (B,), generator=generator(seed + 50 + i)).to(dev)
-        y = _labels(B, model.transformer_blocks[0], seed + 60 + i, dev)
-        expected = ref.dit_forward(model, x, t, y)
-        label = f"x {tuple(x.shape)}, t {t.tolist()}, y {y.tolist()}"
-        got = call(fn, "dit_forward", model, x, t, y, forbidden=FORBID_MODEL, case=label)
-        assert_close(got, expected, name=f"dit_forward on {label}", variants={
-            "the final layer's shift and scale swapped (DiT's proj_out_1 gives shift, then scale)":
-                lambda: ref.final_layer_variant(model, x, t, y, swap_shift_scale=True),
-        })
-    return passed("dit_forward", len(cases), source, hidden)
+    for i, B in enumerate([2] if ctx.hidden else [1]):
+        x = ctx.randn(B, cfg.in_channels, S, S, offset=i)
+        t = ctx.randint(0, 1000, (B,), offset=50 + i)
+        y = _labels(B, model.transformer_blocks[0], ctx, 60 + i)
+        yield Case(f"x {tuple(x.shape)}, t {t.tolist()}, y {y.tolist()}", (model, x, t, y))
 
 
-EXERCISES = build(
-    ("patchify", 2, _check_patchify), ("unpatchify", 2, _check_unpatchify),
-    ("sincos_pos_embed_2d", 2, _check_pos_embed), ("timestep_embedding", 2, _check_timestep),
-    ("adaln_zero", 2, _check_adaln), ("self_attention", 2, _check_attention),
-    ("dit_block", 3, _check_block), ("dit_forward", 3, _check_forward),
+def _forward_judge(case: Case, got) -> None:
+    model, x, t, y = case.args
+    assert_close(got, ref.dit_forward(model, x, t, y), name=f"dit_forward on {case.label}", variants={
+        "the final layer's shift and scale swapped (DiT's proj_out_1 gives shift, then scale)":
+            lambda: ref.final_layer_variant(model, x, t, y, swap_shift_scale=True),
+    })
+
+
+EXERCISES = exercises(
+    Exercise("patchify", 2, _patchify_cases, _patchify_judge, FORBID_PATCHIFY),
+    Exercise("unpatchify", 2, _unpatchify_cases, _unpatchify_judge),
+    Exercise("sincos_pos_embed_2d", 2, _pos_cases, _pos_judge, FORBID_POS),
+    Exercise("timestep_embedding", 2, _time_cases, _time_judge, FORBID_TIME),
+    Exercise("adaln_zero", 2, _adaln_cases, _adaln_judge, FORBID_ADALN),
+    Exercise("self_attention", 2, _attention_cases, _attention_judge, FORBID_ATTN),
+    Exercise("dit_block", 3, _block_cases, _block_judge, FORBID_BLOCK),
+    Exercise("dit_forward", 3, _forward_cases, _forward_judge, FORBID_MODEL),
 )

@@ -20,7 +20,7 @@ from ..compare import assert_close
 from ..exercise import call
 from ..reference import ip_adapter as ref
 from ..runtime import generator, randn
-from ..weights.registry import _ipa_standin_state_dict
+from ..checkpoints.ip_adapter import _ipa_standin_state_dict
 from ..weights.resolve import reinitialise_
 from . import build, device_for, passed, seed_for
 
