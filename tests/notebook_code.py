@@ -10,14 +10,24 @@ from pathlib import Path
 from grader.notebook_code import REPO, answer_cells, solution_namespace, source_path  # noqa: F401
 
 
-def wrong_module(assignment: str):
+def wrong_module(assignment: str, kind: str = "wrong"):
     slug = assignment.split("_", 1)[1]
-    return importlib.import_module(f"tests.wrong.{slug}")
+    return importlib.import_module(f"tests.{kind}.{slug}")
 
 
-def wrong_implementations(assignment: str) -> list[tuple[str, str, str]]:
-    """(exercise, mistake, source) for every function named <exercise>__<mistake>."""
-    module = wrong_module(assignment)
+def right_module(assignment: str):
+    """tests/right/<slug>.py (correct alternatives), or None when the lesson has none yet."""
+    try:
+        return wrong_module(assignment, "right")
+    except ModuleNotFoundError:
+        return None
+
+
+def wrong_implementations(assignment: str, kind: str = "wrong") -> list[tuple[str, str, str]]:
+    """(exercise, mistake, name) for every function named <exercise>__<mistake> in tests/<kind>/<slug>.py."""
+    module = wrong_module(assignment, kind) if kind == "wrong" else right_module(assignment)
+    if module is None:
+        return []
     out = []
     for name, fn in inspect.getmembers(module, inspect.isfunction):
         if "__" in name and not name.startswith("_") and fn.__module__ == module.__name__:
@@ -26,14 +36,14 @@ def wrong_implementations(assignment: str) -> list[tuple[str, str, str]]:
     return out
 
 
-def namespace_with_wrong(assignment: str, exercise: str, name: str) -> dict:
+def namespace_with_wrong(assignment: str, exercise: str, name: str, kind: str = "wrong") -> dict:
     """The solution namespace with ``exercise`` replaced by the wrong function ``name``.
 
     The wrong module's source runs inside the namespace, so its helpers resolve to the
     correct answers of the other exercises.
     """
     ns = solution_namespace(assignment)
-    module = wrong_module(assignment)
+    module = wrong_module(assignment, kind)
     exec(compile(Path(module.__file__).read_text(), module.__file__, "exec"), ns)
     ns[exercise] = ns[name]
     return ns

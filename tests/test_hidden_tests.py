@@ -26,6 +26,7 @@ def _lessons() -> list[str]:
 LESSONS = _lessons()
 SOLUTION_CASES = [pytest.param(l, n, id=f"{l}-{n}") for l in LESSONS for n in lesson(l).EXERCISES]
 WRONG_CASES = [pytest.param(l, e, n, id=f"{l}-{n}") for l in LESSONS for e, _, n in wrong_implementations(l)]
+RIGHT_CASES = [pytest.param(l, e, n, id=f"{l}-{n}") for l in LESSONS for e, _, n in wrong_implementations(l, "right")]
 
 
 @pytest.mark.parametrize("assignment,name", SOLUTION_CASES)
@@ -42,6 +43,21 @@ def test_hidden_test_rejects_wrong_implementation(assignment, exercise, name):
     with pytest.raises(AssertionError) as err:
         lesson(assignment).EXERCISES[exercise].hidden(ns[exercise])
     assert exercise in str(err.value)  # the message names the exercise it is about
+
+
+@pytest.mark.parametrize("assignment,exercise,name", RIGHT_CASES)
+def test_correct_alternative_passes_public_and_hidden(assignment, exercise, name):
+    ns = namespace_with_wrong(assignment, exercise, name, kind="right")
+    ex = lesson(assignment).EXERCISES[exercise]
+    assert "public checks passed" in ex.public(ns[exercise])
+    assert "hidden tests passed" in ex.hidden(ns[exercise])
+
+
+@pytest.mark.parametrize("assignment", LESSONS)
+def test_every_exercise_has_at_least_two_correct_alternatives(assignment):
+    right = wrong_implementations(assignment, "right")
+    counts = {name: sum(1 for e, _, _ in right if e == name) for name in lesson(assignment).EXERCISES}
+    assert all(n >= 2 for n in counts.values()), counts
 
 
 @pytest.mark.parametrize("assignment", LESSONS)
