@@ -262,6 +262,30 @@ def _pivot_root_syscall() -> int:
     return {"x86_64": 155, "aarch64": 41}.get(platform.machine(), 155)
 
 
+def _init(cmd: list[str], env: dict[str, str]) -> int:
+    """Stay as PID 1 of the namespace (root, credentials never changed) and run ``cmd`` as a child.
+
+    unshare's --kill-child death signal would be cleared by the uid change if the kernel were
+    PID 1 itself; this process keeps it, so killing the launcher (a time-out) kills PID 1, and
+    the kernel ending ends PID 1: either way the kernel tears down every process in the
+    namespace, double-forked daemons included. Orphans are reaped here.
+    """
+    child = os.fork()
+    if child == 0:
+        try:
+            os.execvpe(cmd[0], cmd, env)
+        finally:
+            os._exit(127)
+    while True:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            return 0
+        if pid == child:
+            code = os.waitstatus_to_exitcode(status)
+            return code if code >= 0 else 128 - code
+
+
 def _limits(mem: int | None, fsize: int, nproc: int | None) -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
@@ -297,6 +321,7 @@ def main(argv: list[str]) -> int:
         _limits(args.mem, args.fsize, DEFAULT_NPROC)
         cmd = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--no-new-privs",
                "--bounding-set=-all", "--inh-caps=-all", "--ambient-caps=-all", "--", *cmd]
+        return _init(cmd, env)
     else:
         print("grader.sandbox: " + status(), file=sys.stderr)
         os.chdir(args.cwd)
