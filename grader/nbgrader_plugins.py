@@ -127,8 +127,16 @@ class SandboxedExecute(_Execute):
             seeds = {name: int.from_bytes(_os.urandom(4), "little") for name in lesson_module(lesson).EXERCISES}
         self._job = GradingJob.create(seeds, str(device()))
         self._output_bytes, self._truncated = 0, False
+        from nbclient.exceptions import DeadKernelError
+
         try:
             nb, resources = super().preprocess(nb, resources, km=km)
+        except DeadKernelError:
+            # The student's code killed its kernel (or it crashed): grade what was recorded
+            # before that, say why the rest is missing; never drop the whole notebook.
+            nb = self.nb
+            resources["course_kernel_died"] = ("the notebook's kernel died (killed or crashed) before this "
+                                               "exercise's hidden tests ran")
         except BaseException:
             self._job.remove()
             raise
@@ -187,6 +195,11 @@ class TrustedGrade(NbGraderPreprocessor):
             from grader.verify import judge_job
 
             stopped = _stopped_cells(nb)
+            died = (resources or {}).pop("course_kernel_died", None)
+            if died:
+                from grader.exercises import lesson as lesson_module
+
+                stopped = {name: stopped.get(name, died) for name in lesson_module(lesson).EXERCISES}
             verdicts = judge_job(lesson, job.record, job.seeds, job.device, stopped)
         finally:
             if job is not None:

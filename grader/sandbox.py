@@ -318,6 +318,9 @@ def main(argv: list[str]) -> int:
         os.makedirs(home, exist_ok=True)
         os.chown(home, NOBODY, NOBODY)
         env.update(HOME=home, TMPDIR="/tmp", MPLCONFIGDIR=home, COURSE_SANDBOXED="1", USER="nobody")
+        # ipykernel exits when its parent is not JPY_PARENT_PID; here its parent is PID 1 below,
+        # which already ends the kernel when nbgrader's launcher goes.
+        env.pop("JPY_PARENT_PID", None)
         _limits(args.mem, args.fsize, DEFAULT_NPROC)
         cmd = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--no-new-privs",
                "--bounding-set=-all", "--inh-caps=-all", "--ambient-caps=-all", "--", *cmd]
