@@ -270,3 +270,13 @@ def test_flux_packed_length_with_other_vae_factors_matches_the_pipeline():
     call = inspect.getsource(pf.FluxPipeline.__call__)
     for key in ("base_image_seq_len", "max_image_seq_len", "base_shift", "max_shift"):
         assert f'self.scheduler.config.get("{key}"' in call   # the anchors come from the scheduler config
+
+
+def test_anchor_fallbacks_the_lesson_names():
+    """LTX2Pipeline's calculate_shift fallbacks (1024, 4096, 0.95, 2.05), named in the notebook and the cases."""
+    import diffusers.pipelines.ltx2.pipeline_ltx2 as p
+
+    src = inspect.getsource(p.LTX2Pipeline.__call__)
+    for key, value in (("base_image_seq_len", "1024"), ("max_image_seq_len", "4096"), ("base_shift", "0.95"),
+                       ("max_shift", "2.05")):
+        assert f'self.scheduler.config.get("{key}", {value})' in src

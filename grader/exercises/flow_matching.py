@@ -237,8 +237,8 @@ def _training_judge(case: Case, got) -> None:
 
 # ---------------------------------------------------------------- 6. Flux's resolution-dependent mu
 #: mu's anchors (base_image_seq_len, max_image_seq_len, base_shift, max_shift) as scheduler configs set
-#: them: Flux/SD3's defaults (256, 4096, 0.5, 1.15), LTX-Video's (1024, 4096, 0.95, 2.05), CogView4's
-#: shifts (0.25, 0.75), Krea2's longer max length 6400.
+#: them (the pipelines' fallbacks in diffusers 0.42): Flux/SD3's (256, 4096, 0.5, 1.15), LTX-2's
+#: (1024, 4096, 0.95, 2.05), CogView4's shifts (0.25, 0.75), Krea2's longer max length 6400.
 _FLUX_DEFAULTS = (8, 256, 4096, 0.5, 1.15)
 
 
