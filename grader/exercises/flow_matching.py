@@ -315,7 +315,7 @@ def _schedule_cases(ctx: Context):
                    dict(num_inference_steps=4, shift=2.0, sigmas=[1.0, 0.8, 0.45, 0.2])]
     else:
         configs = [dict(num_inference_steps=4, shift=3.0),
-                   dict(num_inference_steps=3, shift=2.5, mu=0.7),
+                   dict(num_inference_steps=3, shift=2.5, mu=0.7, num_train_timesteps=500),
                    dict(num_inference_steps=3, shift=2.0, sigmas=[1.0, 0.6, 0.3]),
                    dict(num_inference_steps=4, shift=3.0, mu=1.1, sigmas=[1.0, 0.75, 0.5, 0.25]),
                    dict(num_inference_steps=5, shift=2.0, num_train_timesteps=100)]

@@ -424,7 +424,7 @@ def _ddim_cases(ctx: Context):
         configs = [((4, 3, 6, 10), 50, "default"), ((3, 2, 5, 5), 10, "stable-diffusion"),
                    ((16, 2), 4, "default"), ((3, 4, 3, 7), 25, "stable-diffusion, trailing")]
     else:
-        configs = [((2, 3, 4, 4), 10, "default")]
+        configs = [((2, 3, 4, 4), 10, "default"), ((2, 5), 8, "stable-diffusion")]
     for i, (shape, n, config) in enumerate(configs):
         off = 10 * i
         sched = _ddim_scheduler(config, n)
