@@ -270,6 +270,12 @@ def _init(cmd: list[str], env: dict[str, str]) -> int:
     the kernel ending ends PID 1: either way the kernel tears down every process in the
     namespace, double-forked daemons included. Orphans are reaped here.
     """
+    import signal
+
+    # Jupyter interrupts a cell (time-out) with SIGINT to the whole process group: that is for
+    # the kernel; PID 1 must live on. A handler (not SIG_IGN) is reset to default by exec, so
+    # the kernel still gets its KeyboardInterrupt.
+    signal.signal(signal.SIGINT, lambda *_: None)
     child = os.fork()
     if child == 0:
         try:

@@ -230,11 +230,28 @@ def _without_attention_gate(block):
     return probe
 
 
+#: Another DiT architecture for hidden tests: other head count, head width, class count.
+_OTHER_DIT = dict(num_attention_heads=3, attention_head_dim=4, in_channels=3, out_channels=6, num_layers=2,
+                  sample_size=8, patch_size=4, activation_fn="gelu-approximate", num_embeds_ada_norm=5,
+                  norm_type="ada_norm_zero", norm_elementwise_affine=False, norm_eps=1e-5, attention_bias=True)
+
+
+def _other(build, ctx: Context, offset: int):
+    """A seeded, fully re-initialised module of another size (hidden tests only)."""
+    module = build(_OTHER_DIT).to(ctx.device).eval()
+    reinitialise_(module, (ctx.seed + offset) % 100_000)
+    return module
+
+
 def _block_cases(ctx: Context):
+    from ..checkpoints.diffusion_transformers import _build_dit_block
+
     block = ctx.weights("dit_block")
-    D = block.norm1.linear.in_features
-    configs = [(3, 10, 1.0), (1, 16, 1.0), (2, 6, 0.01)] if ctx.hidden else [(1, 4, 1.0)]
-    for i, (B, N, x_scale) in enumerate(configs):
+    configs = [(3, 10, 1.0, block), (1, 16, 1.0, block), (2, 6, 0.01, block)] if ctx.hidden else [(1, 4, 1.0, block)]
+    if ctx.hidden:
+        configs.append((2, 7, 1.0, _other(_build_dit_block, ctx, 31)))
+    for i, (B, N, x_scale, block) in enumerate(configs):
+        D = block.norm1.linear.in_features
         if x_scale != 1.0:
             # Probe: attention gate zeroed and a tiny residual, so the output is the MLP branch
             # alone and small activation mistakes (exact vs. tanh GELU) stand out.
@@ -251,11 +268,15 @@ def _block_judge(case: Case, got) -> None:
 
 # ---------------------------------------------------------------- 8. the whole DiT forward
 def _forward_cases(ctx: Context):
+    from ..checkpoints.diffusion_transformers import _build_dit
+
     # The public check stays instant: the whole real DiT-XL/2 (2.7 GB) only in hidden tests.
-    model = ctx.weights("dit_model", standin=not ctx.hidden)
-    cfg = model.config
-    S = cfg.sample_size
-    for i, B in enumerate([2] if ctx.hidden else [1]):
+    models = [ctx.weights("dit_model", standin=not ctx.hidden)]
+    if ctx.hidden:
+        models.append(_other(_build_dit, ctx, 41))   # patch 4, 3 heads, 3 channels, 2 blocks
+    for i, (B, model) in enumerate(zip([2, 3] if ctx.hidden else [1], models)):
+        cfg = model.config
+        S = cfg.sample_size
         x = ctx.randn(B, cfg.in_channels, S, S, offset=i)
         t = ctx.randint(0, 1000, (B,), offset=50 + i)
         y = _labels(B, model.transformer_blocks[0], ctx, 60 + i)
