@@ -13,6 +13,7 @@ when there is one.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 import torch
@@ -54,6 +55,26 @@ FORBID_TIME = _ForbidTimeEmbedding(("diffusers.models.embeddings.TimestepEmbeddi
 #: LCM-LoRA's targets (diffusers' train_lcm_distill_lora_sd_wds.py): attention, MLP, resnet convs, samplers.
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
                 "conv1", "conv2", "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv", "time_emb_proj")
+
+
+@contextlib.contextmanager
+def _one_thread():
+    """Tiny stand-in UNets run fastest on one CPU thread, and several threads on an oversubscribed
+    machine made a 4x4-latent forward take seconds instead of milliseconds; the setting is restored."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def _single_threaded(f):
+    def wrapped(*args, **kwargs):
+        with _one_thread():
+            return f(*args, **kwargs)
+    wrapped.__name__ = f.__name__
+    return wrapped
 
 
 def _require(fn, name: str) -> None:
@@ -159,13 +180,15 @@ def _timesteps_judge(case: Case, got) -> None:
 
 
 # ---------------------------------------------------------------- 3. the LCM step, alone and in the loop
+@_single_threaded
 def _loop_invoke(fn, unet, latents, prompt_embeds, timesteps, alphas_cumprod, noises, timestep_cond, scaling):
     """The LCM pipeline's sampling loop with the student's step in place of ``LCMScheduler.step``."""
     _require(fn, "lcm_step")
     denoised = None
     ts = [int(t) for t in timesteps]
     for i, t in enumerate(ts):
-        out = unet(latents, t, encoder_hidden_states=prompt_embeds, timestep_cond=timestep_cond).sample
+        with _one_thread():
+            out = unet(latents, t, encoder_hidden_states=prompt_embeds, timestep_cond=timestep_cond).sample
         last = i == len(ts) - 1
         result = fn(out, t, latents, alphas_cumprod, None if last else noises[i], None if last else ts[i + 1], scaling)
         if not isinstance(result, (tuple, list)) or len(result) != 2:
@@ -262,6 +285,7 @@ def _step_judge(case: Case, got) -> None:
                  variants=_renoise_variants(eps, t, x, alphas, noise, prev, scaling, e_den))
 
 
+@_single_threaded
 def _loop_judge(case: Case, got) -> None:
     """diffusers' own LCMScheduler.step in the same loop, its generator seeded to draw the same noise."""
     from diffusers import LCMScheduler
@@ -271,7 +295,7 @@ def _loop_judge(case: Case, got) -> None:
     sched.set_timesteps(case.extra["n"], original_inference_steps=case.extra["orig"])
     g = torch.Generator("cpu").manual_seed(case.extra["seed"])
     latents, denoised = lat, None
-    with torch.no_grad():
+    with torch.no_grad(), _one_thread():
         for t in sched.timesteps:
             out = unet(latents, t, encoder_hidden_states=pe, timestep_cond=w).sample
             latents, denoised = sched.step(out, t, latents, generator=g, return_dict=False)
@@ -291,7 +315,8 @@ def _plugged_time_embedding(fn, unet, x, t, prompt_embeds, guidance_scale):
     module = unet.time_embedding
     unet.time_embedding.forward = lambda sample, condition=None: _emb_of(fn(module, sample, guidance_scale))
     try:
-        return unet(x, t, encoder_hidden_states=prompt_embeds).sample
+        with _one_thread():
+            return unet(x, t, encoder_hidden_states=prompt_embeds).sample
     finally:
         del unet.time_embedding.forward
 
@@ -347,7 +372,7 @@ def _time_judge(case: Case, got) -> None:
     if case.invoke is not None:
         unet, x, t, pe, gs = case.args
         w = ref.guidance_features(gs, unet.config.time_cond_proj_dim).to(x.device)
-        with torch.no_grad():
+        with torch.no_grad(), _one_thread():
             expected = unet(x, t, encoder_hidden_states=pe, timestep_cond=w).sample
         assert_close(got, expected, name=f"lcm_time_embedding {case.label}", rtol=W_RTOL, max_tol=W_MAX_TOL)
         return
@@ -411,12 +436,13 @@ def lora_state_dict_for(unet, ranks, generator: torch.Generator, device) -> dict
     return sd
 
 
+@_single_threaded
 def _lora_invoke(fn, unet, state_dict, network_alpha, lora_scale, x, t, pe, w):
     _require(fn, "fuse_lora")
     out = fn(unet, {k: v.clone() for k, v in state_dict.items()}, network_alpha, lora_scale)
     fused = out if isinstance(out, torch.nn.Module) else unet
     weights = {name: fused.get_submodule(name).weight.detach().clone() for name in ref.lora_targets(state_dict)}
-    with torch.no_grad():
+    with torch.no_grad(), _one_thread():
         sample = fused(x, t, encoder_hidden_states=pe, timestep_cond=w).sample
     return {"weights": weights, "sample": sample}
 
@@ -453,6 +479,7 @@ def _lora_cases(ctx: Context):
                    invoke=_lora_invoke)
 
 
+@_single_threaded
 def _lora_judge(case: Case, got) -> None:
     import copy
 
@@ -480,7 +507,7 @@ def _lora_judge(case: Case, got) -> None:
                 base.shape, down, up, scale * alpha / first_r).float() if first_r != r else None,
         })
     fused = ref.fuse_lora(copy.deepcopy(unet), sd, alpha, scale)
-    with torch.no_grad():
+    with torch.no_grad(), _one_thread():
         sample = fused(x, t, encoder_hidden_states=pe, timestep_cond=w).sample
     assert_close(got["sample"], sample, name=f"{name}: the fused UNet's output on {case.label}")
 
