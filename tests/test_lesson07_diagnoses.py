@@ -47,3 +47,18 @@ def test_public_checks_cover_every_path_the_hidden_tests_grade():
                               ("lcm_step__noisy_last_step", "the last step"),
                               ("lcm_time_embedding__odd_width_not_padded", "time_cond_proj_dim 5")):
         assert expected in public_diagnosis(LESSON, mistake)
+
+
+def test_cases_and_harnesses_never_call_a_reference(monkeypatch):
+    """The untrusted side (cases and their invoke harnesses) builds inputs and runs the student's code only."""
+    from grader.cases import hidden_context, public_context
+    from grader.reference import latent_consistency_and_turbo as ref
+    from tests.notebook_code import solution_namespace
+
+    ns = solution_namespace(LESSON)
+    for attr in [a for a in dir(ref) if not a.startswith("_") and callable(getattr(ref, a))]:
+        monkeypatch.setattr(ref, attr, lambda *a, **k: (_ for _ in ()).throw(AssertionError("reference called")))
+    for name, ex in EXERCISES.items():
+        for ctx in (public_context(), hidden_context(7, "cpu")):
+            for case in ex.cases(ctx):
+                ex.call(ns[name], case)

@@ -436,12 +436,17 @@ def lora_state_dict_for(unet, ranks, generator: torch.Generator, device) -> dict
     return sd
 
 
+def _lora_names(state_dict: dict) -> list[str]:
+    """The modules a PEFT-named LoRA state dict patches (inputs bookkeeping, not the graded merge)."""
+    return sorted({k[: -len(".lora_A.weight")] for k in state_dict if k.endswith(".lora_A.weight")})
+
+
 @_single_threaded
 def _lora_invoke(fn, unet, state_dict, network_alpha, lora_scale, x, t, pe, w):
     _require(fn, "fuse_lora")
     out = fn(unet, {k: v.clone() for k, v in state_dict.items()}, network_alpha, lora_scale)
     fused = out if isinstance(out, torch.nn.Module) else unet
-    weights = {name: fused.get_submodule(name).weight.detach().clone() for name in ref.lora_targets(state_dict)}
+    weights = {name: fused.get_submodule(name).weight.detach().clone() for name in _lora_names(state_dict)}
     with torch.no_grad(), _one_thread():
         sample = fused(x, t, encoder_hidden_states=pe, timestep_cond=w).sample
     return {"weights": weights, "sample": sample}
@@ -473,7 +478,7 @@ def _lora_cases(ctx: Context):
         t = ctx.randint(0, 1000, (B,), offset=220 + i)
         pe = ctx.randn(B, 5, unet.config.cross_attention_dim, offset=230 + i)
         w = ctx.randn(B, cond, offset=240 + i) if cond else None
-        n = len(ref.lora_targets(sd))
+        n = len(_lora_names(sd))
         yield Case(f"UNet {tuple(unet.config.block_out_channels)}, {n} LoRA targets, ranks {ranks}, "
                    f"network_alpha {alpha}, lora_scale {scale}", (unet, sd, alpha, scale, x, t, pe, w),
                    invoke=_lora_invoke)
