@@ -278,3 +278,38 @@ def test_sdxl_turbo_facts_one_step_no_cfg():
     s2.set_timesteps(1)
     assert s2.timesteps.tolist() == [1.0]  # "leading" would start a 1-step sample from almost no noise
     assert math.isclose(float(s.sigmas[0]), float(((1 - s.alphas_cumprod[-1]) / s.alphas_cumprod[-1]).sqrt()), rel_tol=1e-5)
+
+
+# ---------------------------------------------------------------- the real checkpoint's loading path
+def test_real_time_embedding_is_read_alone_from_the_real_layout(tmp_path, monkeypatch):
+    """A file laid out as `hf download SimianLuo/LCM_Dreamshaper_v7` writes it (config + unet safetensors):
+    the part reads only `time_embedding.*`, at the real shapes (320 -> 1280, cond_proj 256 -> 320)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from grader.weights.load import load_part
+    from grader.weights.registry import CHECKPOINTS  # (importing grader.checkpoints.<lesson> first would
+    #                                                   leave the registry half-gathered)
+    from grader.weights.resolve import resolve
+
+    ck = CHECKPOINTS["lcm_dreamshaper_v7"]
+    folder = tmp_path / ck.repo_id / ck.subfolder
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"_class_name": "UNet2DConditionModel", **ck.real_config}))
+    g = torch.Generator().manual_seed(0)
+    tensors = {"time_embedding.linear_1.weight": torch.randn(1280, 320, generator=g),
+               "time_embedding.linear_1.bias": torch.randn(1280, generator=g),
+               "time_embedding.linear_2.weight": torch.randn(1280, 1280, generator=g),
+               "time_embedding.linear_2.bias": torch.randn(1280, generator=g),
+               "time_embedding.cond_proj.weight": torch.randn(320, 256, generator=g),
+               "conv_in.weight": torch.randn(320, 4, 3, 3, generator=g)}   # another part: not read
+    save_file(tensors, str(folder / ck.weights_name))
+    module, source = load_part("lcm_time_embedding", source=resolve(ck.name, weights_dir=tmp_path, standin_only=False))
+    assert source.kind == "real" and "REAL SimianLuo/LCM_Dreamshaper_v7" in source.banner()
+    assert module.cond_proj.weight.shape == (320, 256) and module.linear_1.weight.shape == (1280, 320)
+    torch.testing.assert_close(module.cond_proj.weight, tensors["time_embedding.cond_proj.weight"])
+    # and the exercise's reference runs on it with the real widths
+    feats = torch.randn(2, 320)
+    w, emb = ref.lcm_time_embedding(module, feats, torch.tensor([8.5, 2.0]))
+    assert w.shape == (2, 256) and emb.shape == (2, 1280)
