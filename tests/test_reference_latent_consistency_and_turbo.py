@@ -313,3 +313,29 @@ def test_real_time_embedding_is_read_alone_from_the_real_layout(tmp_path, monkey
     feats = torch.randn(2, 320)
     w, emb = ref.lcm_time_embedding(module, feats, torch.tensor([8.5, 2.0]))
     assert w.shape == (2, 256) and emb.shape == (2, 1280)
+
+
+def test_one_euler_ancestral_step_to_zero_is_the_x0_prediction():
+    """The notebook's Turbo demo: 1 step, guidance 0 = one UNet call and x - sigma * eps_hat(x / sqrt(sigma^2 + 1), 999)."""
+    from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
+
+    from grader.weights.resolve import reinitialise_
+
+    unet = UNet2DConditionModel.from_config(_tiny_unet().config, time_cond_proj_dim=None).eval()
+    reinitialise_(unet, 5)
+    calls = []
+    unet.register_forward_pre_hook(lambda module, args: calls.append(1))
+    sched = EulerAncestralDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                            timestep_spacing="trailing", steps_offset=1)
+    pipe = StableDiffusionPipeline(vae=None, text_encoder=None, tokenizer=None, unet=unet, scheduler=sched,
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    pe, lat = torch.randn(2, 5, 12), torch.randn(2, 4, 4, 4)
+    with torch.no_grad():
+        out = pipe(prompt_embeds=pe, num_inference_steps=1, guidance_scale=0.0, output_type="latent",
+                   latents=lat.clone(), height=32, width=32, generator=torch.Generator().manual_seed(0)).images
+        assert len(calls) == 1
+        sigma = pipe.scheduler.sigmas[0]
+        x = lat * pipe.scheduler.init_noise_sigma
+        by_hand = x - sigma * unet(x / (sigma ** 2 + 1) ** 0.5, 999, encoder_hidden_states=pe).sample
+    _close(out, by_hand, 1e-6)

@@ -229,7 +229,7 @@ def lcm_time_embedding__cond_proj_ignored(time_embedding, t_features, guidance_s
 
 
 def lcm_time_embedding__cond_after_activation(time_embedding, t_features, guidance_scale):
-    """cond_proj added to the input of linear_2... impossible widths aside, here: after the SiLU of t alone."""
+    """The w-projection (through linear_1's weight) added after the SiLU instead of before linear_1."""
     w = (guidance_scale.float() - 1) * 1000
     w_emb = _features(w, time_embedding.cond_proj.in_features)
     m = time_embedding
