@@ -339,3 +339,26 @@ def test_one_euler_ancestral_step_to_zero_is_the_x0_prediction():
         x = lat * pipe.scheduler.init_noise_sigma
         by_hand = x - sigma * unet(x / (sigma ** 2 + 1) ** 0.5, 999, encoder_hidden_states=pe).sample
     _close(out, by_hand, 1e-6)
+
+
+def test_lora_standin_file_is_a_lora_diffusers_loads_and_fuses_like_ours():
+    """The stand-in for latent-consistency/lcm-lora-sdv1-5: diffusers' naming, loadable, fused as ref.fused_weights."""
+    pytest.importorskip("peft")
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import load_file
+
+    from grader.weights.registry import CHECKPOINTS
+    from grader.weights.resolve import resolve
+
+    ck = CHECKPOINTS["lcm_lora_sdv15"]
+    assert ck.license == "openrail++" and ck.weights_name == "pytorch_lora_weights.safetensors"
+    sd = load_file(str(resolve("lcm_lora_sdv15").weight_files[0]))
+    assert all(k.startswith("unet.") and (".lora_A." in k or ".lora_B." in k) for k in sd)
+    unet = UNet2DConditionModel(**ck.standin_config["unet"]).eval()
+    theirs = copy.deepcopy(unet)
+    theirs.load_lora_adapter(dict(sd), prefix="unet", adapter_name="lcm")
+    theirs.fuse_lora(lora_scale=1.0)
+    ours = ref.fused_weights(unet, {k[len("unet."):]: v for k, v in sd.items()}, network_alpha=ck.standin_config["rank"],
+                             lora_scale=1.0)   # no alpha tensors: diffusers takes alpha = rank
+    for name, w in ours.items():
+        _close(w, theirs.get_submodule(name).base_layer.weight, 1e-5)

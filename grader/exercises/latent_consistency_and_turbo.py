@@ -52,9 +52,8 @@ class _ForbidTimeEmbedding(tuple):
 
 FORBID_TIME = _ForbidTimeEmbedding(("diffusers.models.embeddings.TimestepEmbedding.forward",))
 
-#: LCM-LoRA's targets (diffusers' train_lcm_distill_lora_sd_wds.py): attention, MLP, resnet convs, samplers.
-LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
-                "conv1", "conv2", "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv", "time_emb_proj")
+from ..weights import registry as _registry  # noqa: E402,F401  gathered first, so the import below
+from ..checkpoints.latent_consistency_and_turbo import LORA_TARGETS  # noqa: E402  cannot half-gather it
 
 
 @contextlib.contextmanager
