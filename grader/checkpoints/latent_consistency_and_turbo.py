@@ -17,7 +17,8 @@ def _build_time_embedding(cfg: dict[str, Any]) -> nn.Module:
     return TimestepEmbedding(c0, c0 * 4, act_fn=cfg.get("act_fn", "silu"), cond_proj_dim=cfg["time_cond_proj_dim"])
 
 
-# SD1.5's UNet (stable-diffusion-v1-5 unet/config.json) plus the LCM's w-conditioning.
+# SD1.5's UNet (stable-diffusion-v1-5 unet/config.json) plus the LCM's w-conditioning; sample_size 96
+# (768 px, as LCM_Dreamshaper_v7 samples) changes no weight.
 _LCM_SD15_UNET = dict(
     act_fn="silu", attention_head_dim=8, block_out_channels=[320, 640, 1280, 1280], center_input_sample=False,
     cross_attention_dim=768, down_block_types=["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"], downsample_padding=1,
@@ -88,7 +89,7 @@ CHECKPOINTS = {
         standin_config=dict(builder="grader.checkpoints.latent_consistency_and_turbo:_lora_standin_state_dict",
                             rank=4, seed=0, unet={**_LCM_TINY_UNET, "time_cond_proj_dim": None}),
         notes="LCM-LoRA for SD1.5: LoRA deltas on attention, MLP, ResNet and sampler layers; no w-embedding. "
-              "Read whole by the notebook's demo (not by the checks).",
+              "Only its header is read, by the notebook's demo (not by the checks).",
     ),
 }
 
