@@ -219,3 +219,10 @@ def test_consistency_model_constants_the_notebook_uses():
     c_skip, c_out = s.get_scalings_for_boundary_condition(sigma)
     torch.testing.assert_close(c_skip, 0.25 / ((sigma - 0.002) ** 2 + 0.25))
     torch.testing.assert_close(c_out, (sigma - 0.002) * 0.5 / (sigma ** 2 + 0.25) ** 0.5)
+
+
+def test_the_schedulers_the_lesson_names_exist():
+    for name in ("HeunDiscreteScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler",
+                 "CMStochasticIterativeScheduler", "LCMScheduler", "TCDScheduler", "FlowMatchEulerDiscreteScheduler",
+                 "FlowMatchLCMScheduler", "FlowMatchHeunDiscreteScheduler", "KDPM2DiscreteScheduler"):
+        assert hasattr(diffusers, name), name
