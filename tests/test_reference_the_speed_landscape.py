@@ -226,3 +226,12 @@ def test_the_schedulers_the_lesson_names_exist():
                  "CMStochasticIterativeScheduler", "LCMScheduler", "TCDScheduler", "FlowMatchEulerDiscreteScheduler",
                  "FlowMatchLCMScheduler", "FlowMatchHeunDiscreteScheduler", "KDPM2DiscreteScheduler"):
         assert hasattr(diffusers, name), name
+
+
+def test_the_toys_network_outputs_match_the_references_conversion():
+    toy = toy_mixture()
+    x = torch.randn(8, 2, generator=_g(8))
+    for pred in ("sample", "epsilon", "v_prediction"):
+        for sigma in (torch.tensor(0.3), torch.tensor(7.0)):
+            torch.testing.assert_close(toy.vp_model_output(x, sigma, pred),
+                                       ref.vp_model_output(x, sigma, toy.vp_denoise(x, sigma), pred))

@@ -88,6 +88,17 @@ class ToyMixture:
             D = self.denoise(xd / (1 - td), (td / (1 - td)).flatten())
         return ((xd - D) / td).to(x.dtype)
 
+    def vp_model_output(self, x: torch.Tensor, sigma, prediction_type: str) -> torch.Tensor:
+        """What an epsilon / v / sample-predicting network of this mixture outputs for the VP sample x."""
+        D = self.vp_denoise(x, sigma)
+        if prediction_type == "sample":
+            return D
+        s = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
+        alpha_t = 1 / torch.sqrt(s ** 2 + 1)
+        sigma_t = s * alpha_t
+        eps = (x - alpha_t * D) / sigma_t
+        return eps if prediction_type == "epsilon" else alpha_t * eps - sigma_t * D
+
     def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
         k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         return self.means[k] + self.stds[k, None] * torch.randn(n, self.means.shape[1], generator=generator)
@@ -325,8 +336,7 @@ def _dpm_loop(fn, x, config, n, prediction_type, model):
     sched.multistep_dpm_solver_second_order_update = second
     for i, t in enumerate(sched.timesteps):
         sigma = sched.sigmas[i]
-        out = ref.vp_model_output(x, sigma, model.vp_denoise(x, sigma), prediction_type)
-        x = sched.step(out, t, x).prev_sample
+        x = sched.step(model.vp_model_output(x, sigma, prediction_type), t, x).prev_sample
     return x
 
 
