@@ -235,3 +235,11 @@ def test_the_toys_network_outputs_match_the_references_conversion():
         for sigma in (torch.tensor(0.3), torch.tensor(7.0)):
             torch.testing.assert_close(toy.vp_model_output(x, sigma, pred),
                                        ref.vp_model_output(x, sigma, toy.vp_denoise(x, sigma), pred))
+
+
+def test_lcm_grid_starts_at_the_noisiest_timestep():
+    from diffusers import LCMScheduler
+
+    s = LCMScheduler()
+    s.set_timesteps(4)
+    assert s.timesteps.tolist() == [999, 759, 499, 259]
