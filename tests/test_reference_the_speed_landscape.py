@@ -243,3 +243,20 @@ def test_lcm_grid_starts_at_the_noisiest_timestep():
     s = LCMScheduler()
     s.set_timesteps(4)
     assert s.timesteps.tolist() == [999, 759, 499, 259]
+
+
+def test_cases_and_harnesses_never_call_a_reference(monkeypatch):
+    """The untrusted side (cases, and the invoke harnesses around the solution) builds inputs only."""
+    from grader.cases import hidden_context, public_context
+    from grader.exercises import lesson
+    from grader.notebook_code import solution_namespace
+
+    ns = solution_namespace("08_the_speed_landscape")
+    for attr in [a for a in dir(ref) if not a.startswith("_") and callable(getattr(ref, a))]:
+        monkeypatch.setattr(ref, attr, lambda *a, **k: (_ for _ in ()).throw(AssertionError("reference called")))
+    for name, ex in lesson("08_the_speed_landscape").EXERCISES.items():
+        for ctx in (public_context(), hidden_context(7, "cpu")):
+            cases = list(ex.cases(ctx))
+            assert cases
+            for case in cases:
+                ex.call(ns[name], case)
