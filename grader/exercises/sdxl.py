@@ -312,6 +312,10 @@ def _time_ids_judge(case: Case, got) -> None:
     if aes is not None:
         same = ref.cfg_time_ids(size, crop, target, B, aes, aes)
         variants["the positive aesthetic score in the negative half too"] = same
+        with_crop = expected.clone()
+        with_crop[:B, 2:4] = torch.tensor([float(c) for c in crop])
+        variants["your crop in the refiner's negative half (diffusers: negative_crops_coords_top_left, "
+                 "default (0, 0))"] = with_crop if tuple(crop) != (0, 0) else None
     if isinstance(got, torch.Tensor) and got.dtype != torch.float32:
         raise ComparisonError(f"cfg_time_ids on {case.label}: dtype {got.dtype}, expected torch.float32 "
                               "(the UNet embeds these numbers like timesteps: floats).")
@@ -349,7 +353,7 @@ def _handoff_cases(ctx: Context):
                  ("crafted, T = 500", torch.tensor([499, 400, 300, 250, 100, 3]), 1, 0.5, 500)]
     else:
         configs = [("euler", 10, 0.8), ("heun", 6, 0.7)]
-        extra = [("crafted", torch.tensor([999.0, 500.0, 200.0, 166.0, 100.0, 1.0]), 1, 0.8333, 1000)]
+        extra = [("crafted", torch.tensor([999.0, 500.0, 167.0, 166.0, 100.0, 1.0]), 1, 0.8333, 1000)]
     for kind, steps, f in configs:
         ts, order = _scheduler_timesteps(kind, steps)
         yield Case(f"{kind} scheduler, {steps} steps, denoising_end {f}", (ts, f, 1000, order))
@@ -383,6 +387,9 @@ def _handoff_judge(case: Case, got) -> None:
             if g.numel() == (k if label == "base" else n - k):
                 why.append("a fraction of the steps taken, not of the noise schedule "
                            "(denoising_end is compared with the timesteps)")
+            if label == "base" and g.numel() == int((ts >= round(f * T)).sum()) != e.numel():
+                why.append(f"the cut taken at f x T = {round(f * T)} instead of T - f x T = {round(T - f * T)} "
+                           "(denoising_end is the fraction of the schedule the base runs, from T down)")
             if label == "base" and g.numel() == int((ts > round(T - f * T)).sum()):
                 why.append("the base stopping before the cut-off timestep (diffusers keeps t >= cut-off)")
             hint = ("\n  diagnosis: " + "; or ".join(why)) if why else ""

@@ -85,13 +85,14 @@ def cfg_time_ids(original_size, crops_coords_top_left, target_size, batch_size: 
 
     Rows 0..B-1 belong to the negative (unconditional) half, B..2B-1 to the prompt.
     Base (aesthetic_score None): K = 6, (h, w, top, left, target h, target w) in both halves.
-    Refiner: K = 5, the target size replaced by the aesthetic score (negative half: negative score).
+    Refiner: K = 5, the target size replaced by the aesthetic score; its negative half has the
+    negative score and the pipeline's default ``negative_crops_coords_top_left`` (0, 0).
     """
-    head = list(original_size) + list(crops_coords_top_left)
     if aesthetic_score is None:
-        pos = neg = head + list(target_size)
+        pos = neg = list(original_size) + list(crops_coords_top_left) + list(target_size)
     else:
-        pos, neg = head + [aesthetic_score], head + [negative_aesthetic_score]
+        pos = list(original_size) + list(crops_coords_top_left) + [aesthetic_score]
+        neg = list(original_size) + [0, 0] + [negative_aesthetic_score]
     rows = [neg] * batch_size + [pos] * batch_size
     return torch.tensor(rows, dtype=torch.float32)
 

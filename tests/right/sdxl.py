@@ -103,15 +103,18 @@ def cfg_time_ids__repeat(original_size, crops_coords_top_left, target_size, batc
         neg = pos.clone()
     else:
         pos = torch.tensor([[*original_size, *crops_coords_top_left, aesthetic_score]], dtype=torch.float32)
-        neg = torch.tensor([[*original_size, *crops_coords_top_left, negative_aesthetic_score]], dtype=torch.float32)
+        neg = torch.tensor([[*original_size, 0, 0, negative_aesthetic_score]], dtype=torch.float32)
     return torch.cat([neg.repeat(batch_size, 1), pos.repeat(batch_size, 1)], dim=0)
 
 
 def cfg_time_ids__expand(original_size, crops_coords_top_left, target_size, batch_size,
                          aesthetic_score=None, negative_aesthetic_score=2.5):
-    last = [tuple(target_size)] * 2 if aesthetic_score is None else [(negative_aesthetic_score,), (aesthetic_score,)]
-    rows = torch.stack([torch.tensor(original_size + tuple(crops_coords_top_left) + tuple(t), dtype=torch.float32)
-                        for t in last])                       # (2, K): negative, positive
+    if aesthetic_score is None:
+        tails = [tuple(crops_coords_top_left) + tuple(target_size)] * 2
+    else:
+        tails = [(0, 0, negative_aesthetic_score), tuple(crops_coords_top_left) + (aesthetic_score,)]
+    rows = torch.stack([torch.tensor(tuple(original_size) + t, dtype=torch.float32)
+                        for t in tails])                      # (2, K): negative, positive
     return rows[:, None, :].expand(2, batch_size, rows.shape[1]).reshape(2 * batch_size, -1)
 
 

@@ -245,41 +245,54 @@ def added_embedding__calls_get_aug_embed(add_embedding, text_embeds, time_ids, a
 
 
 # ---------------------------------------------------------------- cfg_time_ids
+def _rows(original_size, crops_coords_top_left, target_size, aesthetic_score, negative_aesthetic_score):
+    """(positive, negative) rows as the pipelines build them (correct): the one mistake is elsewhere."""
+    if aesthetic_score is None:
+        row = list(original_size) + list(crops_coords_top_left) + list(target_size)
+        return row, row
+    return (list(original_size) + list(crops_coords_top_left) + [aesthetic_score],
+            list(original_size) + [0, 0] + [negative_aesthetic_score])
+
+
 def cfg_time_ids__positive_first(original_size, crops_coords_top_left, target_size, batch_size,
                                  aesthetic_score=None, negative_aesthetic_score=2.5):
-    head = list(original_size) + list(crops_coords_top_left)
-    if aesthetic_score is None:
-        positive = negative = head + list(target_size)
-    else:
-        positive, negative = head + [aesthetic_score], head + [negative_aesthetic_score]
+    positive, negative = _rows(original_size, crops_coords_top_left, target_size, aesthetic_score,
+                               negative_aesthetic_score)
     return torch.tensor([positive] * batch_size + [negative] * batch_size, dtype=torch.float32)
 
 
 def cfg_time_ids__interleaved(original_size, crops_coords_top_left, target_size, batch_size,
                               aesthetic_score=None, negative_aesthetic_score=2.5):
-    head = list(original_size) + list(crops_coords_top_left)
-    if aesthetic_score is None:
-        positive = negative = head + list(target_size)
-    else:
-        positive, negative = head + [aesthetic_score], head + [negative_aesthetic_score]
+    positive, negative = _rows(original_size, crops_coords_top_left, target_size, aesthetic_score,
+                               negative_aesthetic_score)
     return torch.tensor([negative, positive] * batch_size, dtype=torch.float32)
 
 
 def cfg_time_ids__target_kept_in_refiner(original_size, crops_coords_top_left, target_size, batch_size,
                                          aesthetic_score=None, negative_aesthetic_score=2.5):
-    head = list(original_size) + list(crops_coords_top_left) + list(target_size)
-    if aesthetic_score is None:
-        positive = negative = head
-    else:
-        positive, negative = head + [aesthetic_score], head + [negative_aesthetic_score]
+    positive, negative = _rows(original_size, crops_coords_top_left, target_size, aesthetic_score,
+                               negative_aesthetic_score)
+    if aesthetic_score is not None:   # the target size stays, the score is appended: 7 numbers
+        positive = positive[:4] + list(target_size) + positive[4:]
+        negative = negative[:4] + list(target_size) + negative[4:]
     return torch.tensor([negative] * batch_size + [positive] * batch_size, dtype=torch.float32)
 
 
 def cfg_time_ids__same_score_both_halves(original_size, crops_coords_top_left, target_size, batch_size,
                                          aesthetic_score=None, negative_aesthetic_score=2.5):
+    positive, negative = _rows(original_size, crops_coords_top_left, target_size, aesthetic_score,
+                               aesthetic_score)
+    return torch.tensor([negative] * batch_size + [positive] * batch_size, dtype=torch.float32)
+
+
+def cfg_time_ids__positive_crop_in_negative(original_size, crops_coords_top_left, target_size, batch_size,
+                                            aesthetic_score=None, negative_aesthetic_score=2.5):
     head = list(original_size) + list(crops_coords_top_left)
-    row = head + (list(target_size) if aesthetic_score is None else [aesthetic_score])
-    return torch.tensor([row] * (2 * batch_size), dtype=torch.float32)
+    if aesthetic_score is None:
+        positive = negative = head + list(target_size)
+    else:
+        positive, negative = head + [aesthetic_score], head + [negative_aesthetic_score]
+    return torch.tensor([negative] * batch_size + [positive] * batch_size, dtype=torch.float32)
 
 
 def cfg_time_ids__score_replaces_original_size(original_size, crops_coords_top_left, target_size, batch_size,
@@ -287,28 +300,22 @@ def cfg_time_ids__score_replaces_original_size(original_size, crops_coords_top_l
     if aesthetic_score is None:
         positive = negative = list(original_size) + list(crops_coords_top_left) + list(target_size)
     else:
-        tail = list(crops_coords_top_left) + list(target_size)
-        positive, negative = [aesthetic_score] + tail, [negative_aesthetic_score] + tail
+        positive = [aesthetic_score] + list(crops_coords_top_left) + list(target_size)
+        negative = [negative_aesthetic_score] + [0, 0] + list(target_size)
     return torch.tensor([negative] * batch_size + [positive] * batch_size, dtype=torch.float32)
 
 
 def cfg_time_ids__width_height(original_size, crops_coords_top_left, target_size, batch_size,
                                aesthetic_score=None, negative_aesthetic_score=2.5):
-    head = list(original_size)[::-1] + list(crops_coords_top_left)[::-1]   # (w, h), (left, top)
-    if aesthetic_score is None:
-        positive = negative = head + list(target_size)[::-1]
-    else:
-        positive, negative = head + [aesthetic_score], head + [negative_aesthetic_score]
+    positive, negative = _rows(tuple(original_size)[::-1], tuple(crops_coords_top_left)[::-1],
+                               tuple(target_size)[::-1], aesthetic_score, negative_aesthetic_score)
     return torch.tensor([negative] * batch_size + [positive] * batch_size, dtype=torch.float32)
 
 
 def cfg_time_ids__integer_dtype(original_size, crops_coords_top_left, target_size, batch_size,
                                 aesthetic_score=None, negative_aesthetic_score=2.5):
-    head = list(original_size) + list(crops_coords_top_left)
-    if aesthetic_score is None:
-        positive = negative = head + list(target_size)
-    else:
-        positive, negative = head + [aesthetic_score], head + [negative_aesthetic_score]
+    positive, negative = _rows(original_size, crops_coords_top_left, target_size, aesthetic_score,
+                               negative_aesthetic_score)
     return torch.tensor([negative] * batch_size + [positive] * batch_size).round().long()
 
 
