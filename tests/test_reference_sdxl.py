@@ -180,3 +180,30 @@ def test_stated_refiner_facts():
     assert "torch.cat([negative_add_time_ids, add_time_ids], dim=0)" in src
     assert "original_size + crops_coords_top_left + target_size" in inspect.getsource(
         StableDiffusionXLPipeline._get_add_time_ids)
+
+
+# ---------------------------------------------------------------- the stand-ins (transformers classes by path)
+@pytest.mark.parametrize("name,cls", [("sdxl_text_encoder", "CLIPTextModel"),
+                                      ("sdxl_text_encoder_2", "CLIPTextModelWithProjection")])
+def test_text_encoder_standins_round_trip_through_from_pretrained(name, cls):
+    import transformers
+
+    from grader.weights.resolve import build_standin
+
+    source = build_standin(weights.CHECKPOINTS[name])
+    assert source.checkpoint.model_class == f"transformers:{cls}"
+    theirs = getattr(transformers, cls).from_pretrained(source.config_path.parent, variant="fp16")
+    ours = weights.load_part(name, source=source)[0]
+    assert type(ours) is type(theirs)
+    a, b = theirs.state_dict(), ours.state_dict()
+    assert set(a) == set(b)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+
+
+@pytest.mark.parametrize("part", ["sdxl_text_encoder", "sdxl_text_encoder_2", "sdxl_add_embedding"])
+def test_standins_have_no_trivial_parameters(part):
+    module, source = weights.load_part(part)
+    assert source.kind == "stand-in"
+    for name, p in module.named_parameters():
+        assert p.std() > 0.05 and not torch.all(p == 1), name
