@@ -207,3 +207,39 @@ def test_standins_have_no_trivial_parameters(part):
     assert source.kind == "stand-in"
     for name, p in module.named_parameters():
         assert p.std() > 0.05 and not torch.all(p == 1), name
+
+
+def test_hidden_tests_read_a_real_layout_add_embedding(tmp_path, monkeypatch):
+    """A file laid out like the real unet/ (real config, fp16, only add_embedding.*): the hidden tests
+    of added_embedding read it (2816 -> 1280, 256 features per number) and pass the solution."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from grader.exercises import lesson
+    from grader.weights.resolve import reinitialise_
+    from grader.cases import hidden_context
+    from tests.notebook_code import namespace_with_wrong, solution_namespace
+
+    ck_unet = weights.CHECKPOINTS["sdxl_unet"]
+    folder = tmp_path / ck_unet.repo_id / ck_unet.subfolder
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps(dict(ck.SDXL_UNET, _class_name="UNet2DConditionModel")))
+    from diffusers.models.embeddings import TimestepEmbedding
+
+    emb = TimestepEmbedding(2816, 1280)
+    reinitialise_(emb, 3)
+    save_file({f"add_embedding.{k}": v.half().contiguous() for k, v in emb.state_dict().items()},
+              str(folder / ck_unet.weights_name))
+    monkeypatch.setenv("COURSE_WEIGHTS_DIR", str(tmp_path))
+    monkeypatch.setenv("COURSE_STANDIN_ONLY", "0")
+    module, source = weights.get("sdxl_add_embedding")
+    assert source.kind == "real" and module.linear_1.in_features == 2816
+    ex = lesson("09_sdxl").EXERCISES["added_embedding"]
+    message = ex.hidden(solution_namespace("09_sdxl")["added_embedding"], seed=11)
+    assert "hidden tests passed" in message and "REAL" in message, message
+    cases = list(ex.cases(hidden_context(11, "cpu")))
+    assert cases[0].label.endswith("(1280 pooled + 6 numbers x 256) -> 1280")
+    wrong = namespace_with_wrong("09_sdxl", "added_embedding", "added_embedding__time_first")
+    with pytest.raises(AssertionError, match="before the pooled text"):
+        ex.hidden(wrong["added_embedding"], seed=11)
