@@ -100,6 +100,11 @@ def _encode_judge(case: Case, got) -> None:
     embeds, pooled = _tuple_of(got, 2, "encode_text", "(prompt_embeds, pooled_prompt_embeds)")
     exp_embeds, exp_pooled = ref.encode_text(*case.args)
     h1, h2 = exp_embeds.split([te.config.hidden_size, te2.config.hidden_size], dim=-1)
+    N = tok.model_max_length
+    if isinstance(embeds, torch.Tensor) and embeds.ndim == 3 and embeds.shape[1] != N:
+        raise ComparisonError(f"{name} (prompt_embeds): {embeds.shape[1]} tokens, expected {N}.\n  diagnosis: "
+                              f"pad every prompt to the tokenizer's model_max_length ({N}) and truncate to it, "
+                              f"as the pipeline does (padding=\"max_length\", truncation=True).")
     assert_close(embeds, exp_embeds, name=f"{name} (prompt_embeds)", variants={
         "the last_hidden_state (after the final LayerNorm) instead of the penultimate layer":
             lambda: torch.cat([_hidden_states(te, tok, prompts, -1, True), _hidden_states(te2, tok2, prompts, -1, True)], -1),
@@ -112,11 +117,15 @@ def _encode_judge(case: Case, got) -> None:
             lambda: torch.cat([h1, _hidden_states(te2, tok, prompts)], -1),
     })
 
-    variants = {}
-    if te2.config.hidden_size == te2.config.projection_dim:
-        variants["pooler_output (the pooled state before text_projection)"] = lambda: te2.text_model(
-            ref.token_ids(tok2, prompts, te2.device)).pooler_output
-    assert_close(pooled, exp_pooled, name=f"{name} (pooled_prompt_embeds)", variants=variants)
+    if isinstance(pooled, torch.Tensor) and pooled.shape != exp_pooled.shape and pooled.ndim == 2:
+        width = pooled.shape[-1]
+        hint = {te2.config.hidden_size: "that is text_encoder_2's hidden width: its pooler_output before "
+                                        "text_projection (use text_embeds)",
+                te.config.hidden_size: "that is CLIP-L's width: SDXL pools from text_encoder_2 (its text_embeds)"}
+        if width in hint:
+            raise ComparisonError(f"{name} (pooled_prompt_embeds): shape {tuple(pooled.shape)}, expected "
+                                  f"{tuple(exp_pooled.shape)}.\n  diagnosis: {hint[width]}.")
+    assert_close(pooled, exp_pooled, name=f"{name} (pooled_prompt_embeds)")
 
 
 # ---------------------------------------------------------------- 2. classifier-free guidance embeddings
@@ -256,11 +265,12 @@ def _added_cases(ctx: Context):
 
 
 def _added_variants(module, text, ids, d):
+    from diffusers.models.embeddings import get_timestep_embedding
+
     feats = ref.time_id_features(ids, d)
     lin1, lin2 = module.linear_1, module.linear_2
-    B, K = ids.shape
-    from diffusers.models.embeddings import get_timestep_embedding
-    sin_first = get_timestep_embedding(ids.flatten(), d, flip_sin_to_cos=False, downscale_freq_shift=0).reshape(B, -1)
+    sin_first = get_timestep_embedding(ids.flatten(), d, flip_sin_to_cos=False, downscale_freq_shift=0)
+    sin_first = sin_first.reshape(ids.shape[0], -1)
     return {
         "the time features before the pooled text (diffusers: [text_embeds, time features])":
             lambda: lin2(F.silu(lin1(torch.cat([feats, text], -1)))),
