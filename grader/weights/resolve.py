@@ -159,20 +159,32 @@ def _build_state_dict_standin(ck: Checkpoint) -> Source:
     return Source("stand-in", ck, single, (single,), None, "built locally")
 
 
+def _build_class(model_class: str, config: dict) -> torch.nn.Module:
+    """A diffusers class by name (``"UNet2DConditionModel"``), or any other by class path
+    (``"transformers:CLIPTextModel"``: built from its ``config_class``, saved as model.safetensors)."""
+    import importlib
+
+    if ":" not in model_class:
+        import diffusers
+
+        return getattr(diffusers, model_class)(**config)
+    module, _, name = model_class.partition(":")
+    cls = getattr(importlib.import_module(module), name)
+    return cls(cls.config_class(**config))
+
+
 def build_standin(ck: Checkpoint) -> Source:
     """Build (once) and save the stand-in, so it loads through the same code as a real one."""
     if ck.model_class == STATE_DICT:
         return _build_state_dict_standin(ck)
     folder = _standin_dir(ck)
     if not (folder / "config.json").is_file():
-        import diffusers
-
-        model = getattr(diffusers, ck.model_class)(**ck.standin_config)
+        model = _build_class(ck.model_class, ck.standin_config)
         reinitialise_(model)
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=folder.name + ".tmp"))
-        model.save_pretrained(tmp, safe_serialization=True)
-        saved = tmp / "diffusion_pytorch_model.safetensors"
+        model.save_pretrained(tmp)
+        saved = tmp / ("model.safetensors" if ":" in ck.model_class else "diffusion_pytorch_model.safetensors")
         if ck.weights_name != saved.name and saved.is_file():  # e.g. a real checkpoint read as *.fp16.safetensors
             saved.rename(tmp / ck.weights_name)
         try:
