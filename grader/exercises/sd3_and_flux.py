@@ -213,10 +213,14 @@ def _joint_block_judge(case: Case, got) -> None:
             raise ComparisonError(f"joint_block on {case.label}: a context_pre_only block returns None for the text "
                                   "stream (diffusers drops it: nothing after the last block reads it).")
     else:
-        assert_close(gc, ec, name=f"joint_block text output c_out on {case.label}")
+        assert_close(gc, ec, name=f"joint_block text output c_out on {case.label}", variants={
+            "the exact GELU in the MLPs (diffusers' FeedForward uses the tanh approximation)":
+            lambda: ref.joint_block(blk, x, c, temb, approximate="none")[0]})
     with torch.no_grad():
         variants = {"AdaLayerNormContinuous read as (shift, scale); its linear gives scale, then shift":
-                    (lambda: _swapped_continuous(blk, x, c, temb)) if blk.context_pre_only else None}
+                    (lambda: _swapped_continuous(blk, x, c, temb)) if blk.context_pre_only else None,
+                    "the exact GELU in the MLPs (diffusers' FeedForward uses the tanh approximation)":
+                    lambda: ref.joint_block(blk, x, c, temb, approximate="none")[1]}
         assert_close(gx, ex, name=f"joint_block image output x_out on {case.label}", variants=variants)
 
 
@@ -402,24 +406,25 @@ def _flux_attention_variant(attn, x, c, rotary, *, image_first=False, rope=True,
     return attn.to_add_out(co), attn.to_out[0](xo)
 
 
-def _double_variant(block, x, c, temb, rotary, **knobs):
+def _double_variant(block, x, c, temb, rotary, approximate="tanh", **knobs):
     nx, gate, shift_mlp, scale_mlp, gate_mlp = ref.adaln_zero(x, temb, block.norm1.linear)
     nc, c_gate, c_shift_mlp, c_scale_mlp, c_gate_mlp = ref.adaln_zero(c, temb, block.norm1_context.linear)
     ca, a = _flux_attention_variant(block.attn, nx, nc, rotary, **knobs)
     x = x + gate[:, None] * a
-    x = x + gate_mlp[:, None] * ref.feed_forward(block.ff, ref.modulate_ln(x, shift_mlp, scale_mlp))
+    x = x + gate_mlp[:, None] * ref.feed_forward(block.ff, ref.modulate_ln(x, shift_mlp, scale_mlp), approximate)
     c = c + c_gate[:, None] * ca
-    c = c + c_gate_mlp[:, None] * ref.feed_forward(block.ff_context, ref.modulate_ln(c, c_shift_mlp, c_scale_mlp))
+    c = c + c_gate_mlp[:, None] * ref.feed_forward(block.ff_context, ref.modulate_ln(c, c_shift_mlp, c_scale_mlp),
+                                                   approximate)
     return c, x
 
 
-def _single_variant(block, x, c, temb, rotary, *, sequential=False, **knobs):
+def _single_variant(block, x, c, temb, rotary, *, sequential=False, approximate="tanh", **knobs):
     M = c.shape[1]
     s = torch.cat([c, x], 1)
     shift, scale, gate = block.norm.linear(F.silu(temb)).chunk(3, dim=1)
     n = ref.modulate_ln(s, shift, scale)
     a = _flux_attention_variant(block.attn, n, None, rotary, **knobs)
-    mlp = F.gelu(block.proj_mlp(a if sequential else n), approximate="tanh")
+    mlp = F.gelu(block.proj_mlp(a if sequential else n), approximate=approximate)
     s = s + gate[:, None] * block.proj_out(torch.cat([a, mlp], 2))
     return s[:, :M], s[:, M:]
 
@@ -445,6 +450,8 @@ def _flux_block_judge(kind: str):
                 variants = {
                     "RoPE left out": lambda: variant(blk, x, c, temb, rotary, rope=False)[k],
                     "no QK RMSNorm (attn.norm_q, norm_k, ...)": lambda: variant(blk, x, c, temb, rotary, qk=False)[k],
+                    "the exact GELU (Flux's MLPs use the tanh approximation)":
+                        lambda: variant(blk, x, c, temb, rotary, approximate="none")[k],
                 }
                 if kind == "double":
                     variants["the joint sequence as [image; text] (Flux puts the text first, and the RoPE "

@@ -55,9 +55,9 @@ def modulate_ln(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: 
     return F.layer_norm(x, (x.shape[-1],), eps=eps) * (1 + scale[:, None]) + shift[:, None]
 
 
-def feed_forward(ff, x: torch.Tensor) -> torch.Tensor:
+def feed_forward(ff, x: torch.Tensor, approximate: str = "tanh") -> torch.Tensor:
     """diffusers FeedForward(activation_fn="gelu-approximate"): Linear, tanh-GELU, Linear."""
-    return ff.net[2](F.gelu(ff.net[0].proj(x), approximate="tanh"))
+    return ff.net[2](F.gelu(ff.net[0].proj(x), approximate=approximate))
 
 
 # ---------------------------------------------------------------- SD3: joint attention and block
@@ -83,7 +83,7 @@ def joint_attention(attn, x: torch.Tensor, c: torch.Tensor):
     return x_out, c_out
 
 
-def joint_block(block, x: torch.Tensor, c: torch.Tensor, temb: torch.Tensor):
+def joint_block(block, x: torch.Tensor, c: torch.Tensor, temb: torch.Tensor, approximate: str = "tanh"):
     """SD3's JointTransformerBlock (no dual attention). Returns (c_out or None, x_out) as diffusers."""
     nx, gate, shift_mlp, scale_mlp, gate_mlp = adaln_zero(x, temb, block.norm1.linear)
     if block.context_pre_only:
@@ -92,11 +92,11 @@ def joint_block(block, x: torch.Tensor, c: torch.Tensor, temb: torch.Tensor):
         nc, c_gate, c_shift_mlp, c_scale_mlp, c_gate_mlp = adaln_zero(c, temb, block.norm1_context.linear)
     a, ca = joint_attention(block.attn, nx, nc)
     x = x + gate[:, None] * a
-    x = x + gate_mlp[:, None] * feed_forward(block.ff, modulate_ln(x, shift_mlp, scale_mlp))
+    x = x + gate_mlp[:, None] * feed_forward(block.ff, modulate_ln(x, shift_mlp, scale_mlp), approximate)
     if block.context_pre_only:
         return None, x
     c = c + c_gate[:, None] * ca
-    c = c + c_gate_mlp[:, None] * feed_forward(block.ff_context, modulate_ln(c, c_shift_mlp, c_scale_mlp))
+    c = c + c_gate_mlp[:, None] * feed_forward(block.ff_context, modulate_ln(c, c_shift_mlp, c_scale_mlp), approximate)
     return c, x
 
 
