@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 #: The bundled partly-wrong example (tests/make_examples.py): answers replaced, answers left as stubs.
 PARTLY_WRONG = (
-    {"pack_latents_answer": "pack_latents__ids_col_row", "flux_rope_answer": "flux_rope__rotate_half"},
+    {"pack_latents_answer": "pack_latents__ids_col_row", "sd3_text_embeds_answer": "sd3_text_embeds__t5_first"},
     ["flux_single_block_answer"],
 )
 
