@@ -7,6 +7,7 @@ the whole models are used as tiny stand-ins only (the notebook's plug-in proof).
 from __future__ import annotations
 
 import inspect
+from functools import lru_cache
 from typing import Any
 
 import torch.nn as nn
@@ -175,6 +176,37 @@ def standin_sd3_text_encoders(seed: int = 0, clip_tokens: int = 77, t5_tokens: i
     return dict(text_encoder=clip(8, 8, 1), tokenizer=WordTokenizer(1000, clip_tokens, 1, 2, 2),
                 text_encoder_2=clip(12, 12, 2), tokenizer_2=WordTokenizer(1000, clip_tokens, 1, 2, 2),
                 text_encoder_3=t5.eval(), tokenizer_3=WordTokenizer(1000, t5_tokens, None, 1, 0))
+
+
+@lru_cache(maxsize=2)
+def _cached_pipeline(seed: int, clip_tokens: int, t5_tokens: int):
+    return standin_sd3_pipeline(seed, clip_tokens, t5_tokens)
+
+
+def sd3_prompt_states(prompts: list[str], seed: int = 0, t5_tokens: int = 256):
+    """What the three stand-in encoders give for ``prompts``: (clip_l, pooled_l, clip_g, pooled_g, t5),
+    with the penultimate CLIP states and the projected pooled outputs, as encode_prompt reads them."""
+    import torch
+
+    pipe = _cached_pipeline(seed, 77, t5_tokens)
+    with torch.no_grad():
+        states = []
+        for enc, tok in ((pipe.text_encoder, pipe.tokenizer), (pipe.text_encoder_2, pipe.tokenizer_2)):
+            out = enc(tok(prompts, max_length=77, truncation=True).input_ids, output_hidden_states=True)
+            states += [out.hidden_states[-2], out.text_embeds]
+        states.append(pipe.text_encoder_3(pipe.tokenizer_3(prompts, max_length=t5_tokens, truncation=True).input_ids)[0])
+    return tuple(states)
+
+
+def sd3_encode_prompt(prompts: list[str], seed: int = 0, t5_tokens: int = 256):
+    """StableDiffusion3Pipeline.encode_prompt with the stand-in encoders: (prompt_embeds, pooled)."""
+    import torch
+
+    pipe = _cached_pipeline(seed, 77, t5_tokens)
+    with torch.no_grad():
+        embeds, _, pooled, _ = pipe.encode_prompt(prompts, None, None, device=torch.device("cpu"),
+                                                  do_classifier_free_guidance=False, max_sequence_length=t5_tokens)
+    return embeds, pooled
 
 
 def standin_sd3_pipeline(seed: int = 0, clip_tokens: int = 77, t5_tokens: int = 256):

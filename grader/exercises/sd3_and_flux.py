@@ -234,10 +234,31 @@ def _text_cases(ctx: Context):
                 ctx.randn(B, L, dg, offset=10 * i + 2), ctx.randn(B, dg, offset=10 * i + 3),
                 ctx.randn(B, T, dt, offset=10 * i + 4))
         yield Case(f"batch {B}, CLIP-L {(L, dl)}, CLIP-G {(L, dg)}, T5 {(T, dt)}", args)
+    if ctx.hidden:
+        # The three stand-in encoders (tiny CLIPTextModelWithProjection x 2, T5EncoderModel) on
+        # prompts; the judge compares with StableDiffusion3Pipeline.encode_prompt itself.
+        from ..checkpoints.sd3_and_flux import sd3_prompt_states
+
+        words = ["a", "red", "fox", "under", "neon", "rain", "two", "cats", "reading"]
+        g = ctx.generator(99)
+        prompts = [" ".join(words[int(j)] for j in torch.randint(0, len(words), (n,), generator=g)) for n in (3, 6)]
+        T = 32 + int(torch.randint(0, 32, (1,), generator=g))
+        states = tuple(s.to(ctx.device) for s in sd3_prompt_states(prompts, t5_tokens=T))
+        yield Case(f"stand-in CLIP-L, CLIP-G and T5 encoders on {prompts}, {T} T5 tokens, "
+                   "against StableDiffusion3Pipeline.encode_prompt", states,
+                   extra={"prompts": prompts, "t5_tokens": T})
 
 
 def _text_judge(case: Case, got) -> None:
     l, pl, g, pg, t5 = case.args
+    if "prompts" in case.extra:
+        from ..checkpoints.sd3_and_flux import sd3_encode_prompt
+
+        embeds, pooled = sd3_encode_prompt(case.extra["prompts"], t5_tokens=case.extra["t5_tokens"])
+        g_embeds, g_pooled = _pair(got, "sd3_text_embeds", case.label, "(prompt_embeds, pooled_prompt_embeds)")
+        assert_close(g_embeds, embeds.to(l.device), name=f"sd3_text_embeds prompt_embeds on {case.label}")
+        assert_close(g_pooled, pooled.to(l.device), name=f"sd3_text_embeds pooled on {case.label}")
+        return
     e_embeds, e_pooled = ref.sd3_text_embeds(l, pl, g, pg, t5)
     g_embeds, g_pooled = _pair(got, "sd3_text_embeds", case.label, "(prompt_embeds, pooled_prompt_embeds)")
     clip = torch.cat([l, g], -1)
