@@ -254,3 +254,18 @@ def test_standins_have_no_trivial_parameters(part):
     for name, p in module.named_parameters():
         assert p.std() > 0.05, name                                      # not constant (zeros or ones)
         assert (p != 0).all() or p.numel() > 10, name
+
+
+def test_sd3_class_defaults_are_no_released_checkpoint_and_flux_pools_clip_pooler_output():
+    from diffusers import SD3Transformer2DModel
+    from diffusers.pipelines.flux import pipeline_flux
+
+    defaults = {k: v.default for k, v in inspect.signature(SD3Transformer2DModel.__init__).parameters.items()}
+    assert (defaults["num_layers"], defaults["num_attention_heads"], defaults["qk_norm"],
+            defaults["pos_embed_max_size"]) == (18, 18, None, 96)
+    real = CHECKPOINTS["sd35_large"].real_config
+    assert (real["num_layers"], real["num_attention_heads"], real["qk_norm"], real["pos_embed_max_size"]) == \
+        (38, 38, "rms_norm", 192)
+    src = inspect.getsource(pipeline_flux.FluxPipeline._get_clip_prompt_embeds)
+    assert "prompt_embeds.pooler_output" in src
+    assert inspect.signature(pipeline_flux.FluxPipeline.__call__).parameters["max_sequence_length"].default == 512
