@@ -269,3 +269,20 @@ def test_sd3_class_defaults_are_no_released_checkpoint_and_flux_pools_clip_poole
     src = inspect.getsource(pipeline_flux.FluxPipeline._get_clip_prompt_embeds)
     assert "prompt_embeds.pooler_output" in src
     assert inspect.signature(pipeline_flux.FluxPipeline.__call__).parameters["max_sequence_length"].default == 512
+
+
+def test_standin_text_encoders_are_saved_loaded_and_non_trivial(tmp_path, monkeypatch):
+    from grader.checkpoints.sd3_and_flux import _build_text_encoders, standin_sd3_text_encoders
+
+    monkeypatch.setenv("COURSE_CACHE", str(tmp_path))
+    parts = standin_sd3_text_encoders()
+    folder = next((tmp_path / "standins").glob("sd3-text-encoders-*"))
+    assert {p.name for p in folder.iterdir()} == {"text_encoder", "text_encoder_2", "text_encoder_3"}
+    fresh = _build_text_encoders(0, 77)
+    for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):
+        loaded, built = parts[name].state_dict(), fresh[name].state_dict()
+        assert loaded.keys() == built.keys()
+        assert all(torch.equal(loaded[k], built[k]) for k in loaded)      # deterministic, round-trips
+        for k, p in parts[name].named_parameters():
+            assert p.std() > 0.05, f"{name}.{k}"
+    assert parts["text_encoder"].config.hidden_size == 8 and parts["text_encoder_2"].config.projection_dim == 12

@@ -147,12 +147,7 @@ class WordTokenizer:
         return [" ".join(str(int(i)) for i in row) for row in ids]
 
 
-def standin_sd3_text_encoders(seed: int = 0, clip_tokens: int = 77, t5_tokens: int = 256):
-    """Tiny CLIP-L, OpenCLIP-G-style (both CLIPTextModelWithProjection) and T5 encoders with
-    stand-in tokenizers: {text_encoder, tokenizer, text_encoder_2, tokenizer_2, text_encoder_3,
-    tokenizer_3}. The real widths are 768 / 1280 / 4096; these are 8 / 12 / 32 (so the CLIP
-    features, 8 + 12 = 20, are zero-padded to 32 as the real 2048 are to 4096)."""
-    import torch
+def _build_text_encoders(seed: int, clip_tokens: int) -> dict:
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
     from ..weights.resolve import reinitialise_
@@ -163,19 +158,62 @@ def standin_sd3_text_encoders(seed: int = 0, clip_tokens: int = 77, t5_tokens: i
                              bos_token_id=1, eos_token_id=2, pad_token_id=2, hidden_act="gelu")
         model = CLIPTextModelWithProjection(cfg)
         reinitialise_(model, seed + s)
-        return model.eval()
+        return model
 
-    t5cfg = T5Config(vocab_size=1000, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-                     relative_attention_num_buckets=8, feed_forward_proj="gated-gelu", pad_token_id=0, eos_token_id=1)
-    t5 = T5EncoderModel(t5cfg)
+    t5 = T5EncoderModel(T5Config(vocab_size=1000, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                                 relative_attention_num_buckets=8, feed_forward_proj="gated-gelu",
+                                 pad_token_id=0, eos_token_id=1))
     reinitialise_(t5, seed + 3)
-    with torch.no_grad():  # T5 runs its RMSNorms with no eps-stabilised scale: keep activations tame
-        for name, p in t5.named_parameters():
-            if name.endswith("layer_norm.weight"):
-                p.abs_()
-    return dict(text_encoder=clip(8, 8, 1), tokenizer=WordTokenizer(1000, clip_tokens, 1, 2, 2),
-                text_encoder_2=clip(12, 12, 2), tokenizer_2=WordTokenizer(1000, clip_tokens, 1, 2, 2),
-                text_encoder_3=t5.eval(), tokenizer_3=WordTokenizer(1000, t5_tokens, None, 1, 0))
+    return {"text_encoder": clip(8, 8, 1), "text_encoder_2": clip(12, 12, 2), "text_encoder_3": t5}
+
+
+def standin_sd3_text_encoders(seed: int = 0, clip_tokens: int = 77, t5_tokens: int = 256):
+    """Tiny CLIP-L, OpenCLIP-G-style (both CLIPTextModelWithProjection) and T5 encoders with
+    stand-in tokenizers: {text_encoder, tokenizer, text_encoder_2, tokenizer_2, text_encoder_3,
+    tokenizer_3}. The real widths are 768 / 1280 / 4096; these are 8 / 12 / 32 (so the CLIP
+    features, 8 + 12 = 20, are zero-padded to 32 as the real 2048 are to 4096).
+
+    Like every stand-in, they are built once (seeded, every parameter re-initialised), written
+    with ``save_pretrained`` into the course cache in the pipeline's folder layout
+    (``text_encoder``, ``text_encoder_2``, ``text_encoder_3``) and loaded back with
+    ``from_pretrained``: the loading code a real checkpoint goes through.
+    """
+    from transformers import CLIPTextModelWithProjection, T5EncoderModel
+    from transformers.utils import logging as hf_logging
+
+    from ..weights.resolve import cache_root
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # no progress bars on stderr (a graded cell writing to stderr scores 0)
+    try:
+        return _load_text_encoders(seed, clip_tokens, t5_tokens, cache_root(), CLIPTextModelWithProjection,
+                                   T5EncoderModel)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _load_text_encoders(seed, clip_tokens, t5_tokens, root, clip_cls, t5_cls) -> dict:
+    import os
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    folder = root / "standins" / f"sd3-text-encoders-s{seed}-c{clip_tokens}"
+    if not (folder / "text_encoder_3" / "config.json").is_file():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=folder.name + ".tmp"))
+        for sub, model in _build_text_encoders(seed, clip_tokens).items():
+            model.save_pretrained(tmp / sub, safe_serialization=True)
+        try:
+            os.replace(tmp, folder)  # atomic: parallel graders never see half a stand-in
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+    load = {"text_encoder": clip_cls, "text_encoder_2": clip_cls, "text_encoder_3": t5_cls}
+    encoders = {sub: cls.from_pretrained(folder / sub).eval() for sub, cls in load.items()}
+    return dict(encoders, tokenizer=WordTokenizer(1000, clip_tokens, 1, 2, 2),
+                tokenizer_2=WordTokenizer(1000, clip_tokens, 1, 2, 2),
+                tokenizer_3=WordTokenizer(1000, t5_tokens, None, 1, 0))
 
 
 @lru_cache(maxsize=2)
