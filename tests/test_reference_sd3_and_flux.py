@@ -286,3 +286,35 @@ def test_standin_text_encoders_are_saved_loaded_and_non_trivial(tmp_path, monkey
         for k, p in parts[name].named_parameters():
             assert p.std() > 0.05, f"{name}.{k}"
     assert parts["text_encoder"].config.hidden_size == 8 and parts["text_encoder_2"].config.projection_dim == 12
+
+
+def test_one_flux_block_is_read_through_the_shard_index_alone(tmp_path, monkeypatch):
+    """The real FLUX.1 transformer is ~24 GB of shards: a double block must open only its own shards."""
+    import json
+
+    import grader.weights.load as load_module
+    from diffusers import FluxTransformer2DModel
+    from grader.weights import resolve
+
+    ck = CHECKPOINTS["flux_schnell"]
+    model = FluxTransformer2DModel(**ck.standin_config)
+    reinitialise_(model, 5)
+    folder = tmp_path / ck.repo_id / ck.subfolder                       # `hf download --local-dir` layout
+    model.save_pretrained(folder, max_shard_size="40KB", safe_serialization=True)
+    weight_map = json.loads((folder / ck.index_name).read_text())["weight_map"]
+    shards = set(weight_map.values())
+    wanted = {f for k, f in weight_map.items() if k.startswith("transformer_blocks.0.")}
+    assert len(shards) > len(wanted) >= 1
+
+    monkeypatch.delenv("COURSE_STANDIN_ONLY", raising=False)
+    opened = []
+    real_open = load_module.safe_open
+    monkeypatch.setattr(load_module, "safe_open", lambda path, **kw: opened.append(path) or real_open(path, **kw))
+    source = resolve("flux_schnell", weights_dir=tmp_path)
+    block, _ = load_part("flux_double_block", source=source)
+    assert source.kind == "real" and source.index_path is not None
+    assert {p.rsplit("/", 1)[-1] for p in opened} == wanted
+    expected = {k[len("transformer_blocks.0."):]: v for k, v in model.state_dict().items()
+                if k.startswith("transformer_blocks.0.")}
+    for k, v in block.state_dict().items():
+        torch.testing.assert_close(v, expected[k], rtol=0, atol=0)
