@@ -318,3 +318,47 @@ def test_one_flux_block_is_read_through_the_shard_index_alone(tmp_path, monkeypa
                 if k.startswith("transformer_blocks.0.")}
     for k, v in block.state_dict().items():
         torch.testing.assert_close(v, expected[k], rtol=0, atol=0)
+
+
+def test_standin_text_encoders_work_from_a_read_only_cache(tmp_path, monkeypatch):
+    """The grading sandbox's filesystem is read-only and the grader prebuilds only CHECKPOINTS:
+    the text encoders are then built in memory, identical to the saved ones."""
+    import tempfile
+
+    from grader.checkpoints.sd3_and_flux import standin_sd3_text_encoders
+
+    monkeypatch.setenv("COURSE_CACHE", str(tmp_path / "saved"))
+    saved = standin_sd3_text_encoders()
+
+    def read_only(*a, **k):
+        raise PermissionError("read-only file system")
+
+    monkeypatch.setenv("COURSE_CACHE", str(tmp_path / "ro"))
+    monkeypatch.setattr(tempfile, "mkdtemp", read_only)
+    in_memory = standin_sd3_text_encoders()
+    assert not (tmp_path / "ro" / "standins").exists() or not any((tmp_path / "ro" / "standins").iterdir())
+    for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):
+        a, b = saved[name].state_dict(), in_memory[name].state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("part", ["sd3_model", "flux_model"])
+def test_plug_in_models_from_a_read_only_cache_equal_the_saved_standins(part, tmp_path, monkeypatch):
+    from grader.cases import public_context
+    from grader.exercises.sd3_and_flux import _standin_model
+    from grader.weights import load as load_module
+
+    saved = _standin_model(public_context(), part)
+
+    def read_only(*a, **k):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setenv("COURSE_CACHE", str(tmp_path / "ro"))
+    monkeypatch.setattr(load_module, "load_part", read_only)
+    load_module._cached.cache_clear()
+    ctx = public_context()
+    in_memory = _standin_model(ctx, part)
+    load_module._cached.cache_clear()
+    assert ctx.sources == []                                             # the in-memory path ran
+    a, b = saved.state_dict(), in_memory.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

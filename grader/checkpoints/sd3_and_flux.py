@@ -201,16 +201,30 @@ def _load_text_encoders(seed, clip_tokens, t5_tokens, root, clip_cls, t5_cls) ->
 
     folder = root / "standins" / f"sd3-text-encoders-s{seed}-c{clip_tokens}"
     if not (folder / "text_encoder_3" / "config.json").is_file():
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=folder.name + ".tmp"))
-        for sub, model in _build_text_encoders(seed, clip_tokens).items():
-            model.save_pretrained(tmp / sub, safe_serialization=True)
+        built = _build_text_encoders(seed, clip_tokens)
         try:
-            os.replace(tmp, folder)  # atomic: parallel graders never see half a stand-in
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=folder.name + ".tmp"))
         except OSError:
-            shutil.rmtree(tmp, ignore_errors=True)
+            # A read-only cache (the grading sandbox, when the grader did not build these first):
+            # the build is deterministic, so the models in memory are the ones a save would hold.
+            tmp = None
+        if tmp is not None:
+            for sub, model in built.items():
+                model.save_pretrained(tmp / sub, safe_serialization=True)
+            try:
+                os.replace(tmp, folder)  # atomic: parallel graders never see half a stand-in
+            except OSError:
+                shutil.rmtree(tmp, ignore_errors=True)
+        if not (folder / "text_encoder_3" / "config.json").is_file():
+            encoders = {sub: model.eval() for sub, model in built.items()}
+            return _with_tokenizers(encoders, clip_tokens, t5_tokens)
     load = {"text_encoder": clip_cls, "text_encoder_2": clip_cls, "text_encoder_3": t5_cls}
     encoders = {sub: cls.from_pretrained(folder / sub).eval() for sub, cls in load.items()}
+    return _with_tokenizers(encoders, clip_tokens, t5_tokens)
+
+
+def _with_tokenizers(encoders: dict, clip_tokens: int, t5_tokens: int) -> dict:
     return dict(encoders, tokenizer=WordTokenizer(1000, clip_tokens, 1, 2, 2),
                 tokenizer_2=WordTokenizer(1000, clip_tokens, 1, 2, 2),
                 tokenizer_3=WordTokenizer(1000, t5_tokens, None, 1, 0))

@@ -65,6 +65,24 @@ def _flux_block(ctx: Context, kind: str, heads: int, head_dim: int, offset: int)
     return blk.to(ctx.device).eval()
 
 
+def _standin_model(ctx: Context, part: str):
+    """A whole stand-in model (the plug-in cases). Normally loaded from the saved stand-in; when
+    the cache is read-only and that stand-in was never built (the grading sandbox on a machine
+    whose grader found the real checkpoint and so built no stand-in), the same deterministic
+    recipe runs in memory: build_standin's constructor + reinitialise_(seed 0)."""
+    try:
+        return ctx.weights(part, standin=True)
+    except OSError:
+        import diffusers
+
+        from ..weights.registry import checkpoint_of
+
+        ck = checkpoint_of(part)
+        model = getattr(diffusers, ck.model_class)(**ck.standin_config)
+        reinitialise_(model)
+        return model.to(ctx.device).eval()
+
+
 def _grid_ids(ctx: Context, n_text: int, gh: int, gw: int, offset: int, random_text: bool = False) -> torch.Tensor:
     """[text ids; image ids] as the Flux pipeline builds them: text (0, 0, 0), image (0, row, col)."""
     txt = torch.zeros(n_text, 3)
@@ -160,7 +178,7 @@ def _sd3_plugin(fn, model, x, c, pooled, t):
 
 
 def _sd3_model_case(ctx: Context, B: int, H: int, W: int, M: int, offset: int) -> Case:
-    model = ctx.weights("sd3_model", standin=True)
+    model = _standin_model(ctx, "sd3_model")
     cfg = model.config
     x = ctx.randn(B, cfg.in_channels, H, W, offset=offset)
     c = ctx.randn(B, M, cfg.joint_attention_dim, offset=offset + 1)
@@ -361,7 +379,7 @@ def _flux_plugin(kind: str):
 
 
 def _flux_model_case(ctx: Context, kind: str, B: int, gh: int, gw: int, M: int, offset: int) -> Case:
-    model = copy.deepcopy(ctx.weights("flux_model", standin=True))
+    model = copy.deepcopy(_standin_model(ctx, "flux_model"))
     # Only the student's kind of block runs: the other kind is removed from this copy (and from
     # the reference run in the judge), so neither calls diffusers code the exercise forbids.
     if kind == "double":
