@@ -2,7 +2,8 @@
 
 Each exercise: ``cases`` (inputs from the context's seed; runs beside the student's code, so
 no reference here) and ``judge`` (reference + comparison; trusted side only). Public checks:
-small fixed inputs on the CPU covering every code path (QK-norm on and off,
+small fixed inputs on the CPU, always with the stand-in blocks (instant even where the real
+checkpoints are present), covering every code path (QK-norm on and off,
 ``context_pre_only`` on and off, the plug-in harness). Hidden tests: the grader's seed, other
 batch sizes, token counts, head counts and head widths, RoPE axes and θ, packing sizes, the
 real SD3.5 / FLUX.1-schnell block when present, the GPU when there is one, and the student's
@@ -113,7 +114,7 @@ def _joint_attention_cases(ctx: Context):
                    ("fresh", 3, 7, 4, _sd3_block(ctx, 3, 8, False, None, 1).attn),
                    ("fresh", 3, 5, 6, _sd3_block(ctx, 4, 4, True, "rms_norm", 2).attn)]
     else:
-        configs = [("standin", 1, 6, 4, ctx.weights("sd3_block").attn),
+        configs = [("standin", 1, 6, 4, ctx.weights("sd3_block", standin=True).attn),
                    ("fresh", 1, 4, 3, _sd3_block(ctx, 2, 8, True, None, 3).attn)]
     for i, (_, B, N, M, attn) in enumerate(configs):
         D = attn.to_q.in_features
@@ -194,7 +195,7 @@ def _joint_block_cases(ctx: Context):
                    (3, 6, 4, _sd3_block(ctx, 3, 8, True, "rms_norm", 1)),
                    (2, 5, 7, _sd3_block(ctx, 4, 4, False, None, 2))]
     else:
-        configs = [(1, 6, 4, ctx.weights("sd3_block")), (1, 4, 3, _sd3_block(ctx, 2, 8, True, None, 3))]
+        configs = [(1, 6, 4, ctx.weights("sd3_block", standin=True)), (1, 4, 3, _sd3_block(ctx, 2, 8, True, None, 3))]
     for i, (B, N, M, blk) in enumerate(configs):
         D = blk.norm1.linear.in_features
         x, c, temb = ctx.randn(B, N, D, offset=10 + i), ctx.randn(B, M, D, offset=20 + i), ctx.randn(B, D, offset=30 + i)
@@ -408,7 +409,7 @@ def _flux_block_cases(kind: str):
             configs = [(2, 4, 2, 3, real, real_axes), (3, 3, 3, 2, _flux_block(ctx, kind, 3, 8, 1), (2, 2, 4)),
                        (1, 5, 2, 5, _flux_block(ctx, kind, 4, 12, 2), (4, 4, 4))]
         else:
-            configs = [(1, 3, 2, 3, ctx.weights(part), (4, 4, 8))]
+            configs = [(1, 3, 2, 3, ctx.weights(part, standin=True), (4, 4, 8))]
         for i, (B, M, gh, gw, blk, axes) in enumerate(configs):
             D = blk.attn.to_q.in_features
             rotary = _rotary(_grid_ids(ctx, M, gh, gw, 40 + i), axes)
