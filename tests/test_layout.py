@@ -58,3 +58,16 @@ def test_no_import_cycles():
         if m not in state:
             visit(m, [m])
     assert not cycles, cycles
+
+
+def test_checkpoints_register_whatever_is_imported_first():
+    """A lesson's checkpoints module imported before grader.weights must still be registered."""
+    import subprocess
+    import sys
+
+    code = ("import grader.checkpoints.diffusion_transformers\n"
+            "from grader.weights.registry import CHECKPOINTS, PARTS\n"
+            "assert 'dit' in CHECKPOINTS and 'dit_block' in PARTS, sorted(CHECKPOINTS)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=str(PKG.parent))
+    assert done.returncode == 0, done.stderr[-2000:]
