@@ -33,3 +33,17 @@ LESSON = "12_z_image"
 def test_public_check_diagnoses_the_classic_mistake(mistake, expected):
     message = public_diagnosis(LESSON, mistake)
     assert expected in message, message
+
+
+def test_cases_never_call_the_reference(monkeypatch):
+    """The untrusted side builds inputs only: every reference function raises while cases are built."""
+    from grader.cases import hidden_context, public_context
+    from grader.exercises import lesson
+    from grader.reference import z_image as ref
+
+    for attr in [a for a in dir(ref) if not a.startswith("__") and callable(getattr(ref, a))
+                 and getattr(getattr(ref, a), "__module__", "") == ref.__name__]:
+        monkeypatch.setattr(ref, attr, lambda *a, **k: (_ for _ in ()).throw(AssertionError("reference called")))
+    for ex in lesson(LESSON).EXERCISES.values():
+        for ctx in (public_context(), hidden_context(7, "cpu")):
+            assert list(ex.cases(ctx))
