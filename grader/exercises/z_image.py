@@ -37,7 +37,7 @@ FORBID_STEP = ("diffusers.pipelines.z_image.pipeline_z_image.ZImagePipeline.__ca
 # ---------------------------------------------------------------- 1. position ids
 def _ids_cases(ctx: Context):
     configs = [(1, 1, 3, 5), (40, 2, 4, 4), (77, 1, 8, 12), (64, 1, 2, 16)] if ctx.hidden \
-        else [(5, 1, 4, 6), (32, 1, 4, 8)]
+        else [(5, 1, 4, 6), (32, 2, 2, 8)]
     for L, f, h, w in configs:
         yield Case(f"caption of {L} tokens, {f}x{h}x{w} patch grid", (L, f, h, w))
 
@@ -82,7 +82,7 @@ def _rope_cases(ctx: Context):
     if ctx.hidden:
         configs = [(2, 3, [32, 48, 48], 256.0, 40), (1, 4, [4, 8, 4], 10000.0, 70), (3, 2, [8, 8, 16], 64.0, 19)]
     else:
-        configs = [(1, 2, [8, 4, 4], 256.0, 12)]
+        configs = [(2, 2, [8, 4, 4], 256.0, 12)]
     for i, (B, h, axes, theta, N) in enumerate(configs):
         x = ctx.randn(B, N, h, sum(axes), offset=i)
         # random positions per axis (frame/caption axis up to 300, spatial up to 64), one set per item
@@ -235,11 +235,14 @@ def _encode_judge(case: Case, got) -> None:
 def _step_cases(ctx: Context):
     model = ctx.weights("z_image_model", standin=True)   # the real transformer is ~12 GB: stand-in only
     Dc = model.config.cap_feat_dim
+    # Dyadic sigmas: 1 - sigma is then exact in float32 however it is computed. The stand-in's random
+    # timestep MLP turns a one-ulp difference in the model's time (6e-8) into ~1e-4 of its output,
+    # which would fail a correct answer that happened to round differently.
     if ctx.hidden:
-        configs = [(2, (8, 12), [7, 3], [2, 5], 5.0, 0.9, 0.75), (1, (12, 8), [11], None, 0.0, 1.0, 0.5),
-                   (3, (4, 4), [4, 9, 2], [1, 1, 6], 1.5, 0.35, 0.0)]
+        configs = [(2, (8, 12), [7, 3], [2, 5], 5.0, 0.875, 0.75), (1, (12, 8), [11], None, 0.0, 1.0, 0.5),
+                   (3, (4, 4), [4, 9, 2], [1, 1, 6], 1.5, 0.375, 0.0)]
     else:
-        configs = [(1, (8, 8), [5], [3], 3.0, 0.8, 0.5), (1, (8, 8), [5], None, 0.0, 0.5, 0.25)]
+        configs = [(2, (4, 6), [5, 2], [3, 4], 3.0, 0.75, 0.5), (1, (4, 4), [5], None, 0.0, 0.5, 0.25)]
     for i, (B, (H, W), pl, nl, s, sig, sig_next) in enumerate(configs):
         lat = ctx.randn(B, model.config.in_channels, H, W, offset=10 * i)
         pos = [ctx.randn(n, Dc, offset=10 * i + 1 + k) for k, n in enumerate(pl)]
