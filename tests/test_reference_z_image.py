@@ -142,6 +142,12 @@ def test_block_forward_facts():
 
 
 # ---------------------------------------------------------------- 4. Qwen3 prompt embeddings
+def test_qwen_tokenizer_pads_on_the_right_by_default():
+    from transformers import Qwen2Tokenizer
+
+    assert Qwen2Tokenizer.padding_side == "right"
+
+
 def test_prompt_embeds_are_the_pipelines():
     from diffusers import ZImagePipeline
 

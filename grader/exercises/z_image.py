@@ -149,8 +149,9 @@ def _block_inputs(ctx: Context, block, B: int, lens: list[int], offset: int, wit
 def _block_cases(ctx: Context):
     from diffusers.models.transformers.transformer_z_image import ZImageTransformerBlock
 
-    main = ctx.weights("z_image_block")
-    refiner = ctx.weights("z_image_refiner_block")
+    # Public checks stay instant: the real block (181 M parameters) only in hidden tests.
+    main = ctx.weights("z_image_block", standin=not ctx.hidden)
+    refiner = ctx.weights("z_image_refiner_block", standin=not ctx.hidden)
     if ctx.hidden:
         wide = ZImageTransformerBlock(0, 64, 4, 4, 1e-5, True).to(ctx.device).eval()
         reinitialise_(wide, ctx.seed % 1000)
