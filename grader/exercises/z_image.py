@@ -197,16 +197,29 @@ def _block_judge(case: Case, got) -> None:
 
 
 # ---------------------------------------------------------------- 4. Qwen3 prompt embeddings
+def _other_qwen3(ctx: Context):
+    """A second tiny Qwen3 (5 layers, 3 heads sharing one key/value head): a hard-coded layer index fails here."""
+    from ..checkpoints.z_image import build_qwen3
+
+    te = build_qwen3(dict(vocab_size=64, hidden_size=24, intermediate_size=48, num_hidden_layers=5,
+                          num_attention_heads=3, num_key_value_heads=1, head_dim=8, max_position_embeddings=128,
+                          rms_norm_eps=1e-6, rope_theta=1000000.0, tie_word_embeddings=True))
+    reinitialise_(te, ctx.seed % 1000)
+    return te.to(ctx.device).eval()
+
+
 def _encode_cases(ctx: Context):
-    te = ctx.weights("z_image_text_encoder")
-    V = te.config.vocab_size
-    lens = [[9, 4, 12], [6]] if ctx.hidden else [[5, 8]]
-    for i, ls in enumerate(lens):
-        T = max(ls) + (2 if ctx.hidden and i == 1 else 0)
+    main = ctx.weights("z_image_text_encoder")
+    configs = [(main, [9, 4, 12], 0), (main, [6], 2), (_other_qwen3(ctx), [3, 10], 1)] if ctx.hidden \
+        else [(main, [5, 8], 0)]
+    for i, (te, ls, extra) in enumerate(configs):
+        V = te.config.vocab_size
+        T = max(ls) + extra
         ids = ctx.randint(1, V, (len(ls), T), offset=i)
         mask = (torch.arange(T)[None] < torch.tensor(ls)[:, None]).long().to(ctx.device)
         ids = ids * mask   # right padding with id 0, as Qwen's tokenizer pads
-        yield Case(f"{len(ls)} prompts of {ls} tokens padded to {T}", (te, ids, mask))
+        yield Case(f"{len(ls)} prompts of {ls} tokens padded to {T}, a {te.config.num_hidden_layers}-layer Qwen3",
+                   (te, ids, mask))
 
 
 def _encode_judge(case: Case, got) -> None:

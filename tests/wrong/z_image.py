@@ -225,6 +225,11 @@ def encode_prompt__embeddings_layer(text_encoder, input_ids, attention_mask):
     return [h[i][attention_mask[i].bool()] for i in range(len(h))]
 
 
+def encode_prompt__hardcoded_layer_index(text_encoder, input_ids, attention_mask):
+    h = _hidden(text_encoder, input_ids, attention_mask).hidden_states[2]   # right only for a 3-layer model
+    return [h[i][attention_mask[i].bool()] for i in range(len(h))]
+
+
 def encode_prompt__shortest_length_for_all(text_encoder, input_ids, attention_mask):
     h = _hidden(text_encoder, input_ids, attention_mask).hidden_states[-2]
     n = int(attention_mask.sum(-1).min())
