@@ -68,7 +68,7 @@ def build_qwen3(cfg: dict[str, Any]) -> nn.Module:
     return Qwen3Model(_qwen3_config(cfg))
 
 
-def build_qwen3_standin_tensors(cfg: dict[str, Any]) -> dict[str, torch.Tensor]:
+def build_qwen3_standin(cfg: dict[str, Any]) -> dict[str, torch.Tensor]:
     """The stand-in's tensors: a tiny Qwen3Model, every parameter re-initialised (seeded)."""
     from ..weights.resolve import reinitialise_
 
@@ -106,19 +106,21 @@ CHECKPOINTS = {
         revision=_REVISION,
         subfolder="text_encoder",
         license="apache-2.0",
-        # Qwen3-4B as Z-Image ships it (~8 GB bf16, sharded): read as a single file only, so in
-        # practice this lesson always uses the stand-in text encoder (said in every banner).
+        # Qwen3-4B as Z-Image ships it (~8 GB bf16, sharded): recorded here, never loaded.
         real_config=dict(vocab_size=151936, hidden_size=2560, intermediate_size=9728, num_hidden_layers=36,
                          num_attention_heads=32, num_key_value_heads=8, head_dim=128,
                          max_position_embeddings=40960, rms_norm_eps=1e-6, rope_theta=1000000.0,
                          tie_word_embeddings=True),
-        standin_config=dict(builder="grader.checkpoints.z_image:build_qwen3_standin_tensors",
+        standin_config=dict(builder="grader.checkpoints.z_image:build_qwen3_standin",
                             vocab_size=96, hidden_size=16, intermediate_size=40, num_hidden_layers=3,
                             num_attention_heads=4, num_key_value_heads=2, head_dim=8,
                             max_position_embeddings=256, rms_norm_eps=1e-6, rope_theta=1000000.0,
                             tie_word_embeddings=True),
-        weights_name="model.safetensors",
-        notes="Qwen3-4B (36 layers, 2560 wide); Z-Image reads its second-to-last hidden state.",
+        # Stand-in only, on purpose: the real Qwen3-4B is sharded (~8 GB) and this course's state-dict
+        # loader reads single files, so a name no real repo has makes `course weights download` fail
+        # at once for this entry instead of fetching 8 GB it could not use.
+        weights_name="course-standin-only.safetensors",
+        notes="stand-in only: Qwen3-4B (36 layers, 2560 wide) is not read; Z-Image uses its second-to-last hidden state.",
     ),
 }
 
@@ -133,4 +135,4 @@ PARTS = parts(
          "the Qwen3 text encoder (Qwen3Model)"),
 )
 
-__all__ = ["CHECKPOINTS", "PARTS", "build_qwen3", "build_qwen3_standin_tensors", "inspect"]
+__all__ = ["CHECKPOINTS", "PARTS", "build_qwen3", "build_qwen3_standin", "inspect"]
