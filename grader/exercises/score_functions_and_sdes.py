@@ -146,6 +146,18 @@ def _ddpm_judge(case: Case, got) -> None:
     expected = ref.ddpm_score(unet, sched.alphas_cumprod, x_t, t)
     ab, a = _bcast(sched.alphas_cumprod[t], x_t), _bcast(sched.alphas[t], x_t)
     eps = -expected * (1 - ab).sqrt()                     # the UNet's output, without another forward
+    try:
+        assert_close(got, expected, name=f"ddpm_score on {case.label}")
+        return
+    except ComparisonError:
+        # Near t = 0, 1 - alphabar is ~1e-5 and diffusers' float32 cumprod is itself off by ~2e-4
+        # relative: alphabar computed in float64 from the betas is as right (more accurate).
+        exact = torch.cumprod(1.0 - sched.betas.double(), dim=0).float().to(x_t.device)
+        try:
+            assert_close(got, ref.ddpm_score(unet, exact, x_t, t), name=f"ddpm_score on {case.label}")
+            return
+        except ComparisonError:
+            pass
     assert_close(got, expected, name=f"ddpm_score on {case.label}", variants={
         "alpha_t (scheduler.alphas) in place of alpha-bar (scheduler.alphas_cumprod)": -eps / (1 - a).sqrt(),
         "1 - alphabar without its square root": -eps / (1 - ab),
