@@ -317,7 +317,11 @@ def _from_unet_cases(ctx: Context):
                     2, 6, 10, 1.3),
                    (_other_unet("class"), (8, 8, 16), "a class-conditional UNet (6 latent channels)", 3, 8, 4, 0.6)]
     else:
-        configs = [(unet, (4, 8, 16), "the stand-in SD1.5-like UNet", 1, 8, 8, 1.0)]
+        # The SDXL-like and class-conditional UNets here too (other sizes than the hidden tests'):
+        # their added/class embeddings are part of the encoder a ControlNet copies.
+        configs = [(unet, (4, 8, 16), "the stand-in SD1.5-like UNet", 1, 8, 8, 1.0),
+                   (_other_unet("sdxl"), (4, 4), "an SDXL-like UNet (added text/time embedding)", 1, 4, 4, 1.0),
+                   (_other_unet("class"), (4, 8), "a class-conditional UNet", 1, 4, 4, 1.0)]
     for i, (model, channels, what, B, H, W, scale) in enumerate(configs):
         cfg = model.config
         factor = 2 ** (len(channels) - 1)
@@ -430,7 +434,9 @@ def _embed_cases(ctx: Context):
                                  block_out_channels=(3, 6, 4))
         configs = [(emb, (2, 3, 40, 64)), (emb, (3, 3, 24, 16)), (other, (2, 1, 12, 20)), (three, (2, 3, 16, 24))]
     else:
-        configs = [(emb, (1, 3, 32, 32))]
+        small = _other_embedding(ctx, 3, conditioning_embedding_channels=4, conditioning_channels=1,
+                                 block_out_channels=(3, 5))
+        configs = [(emb, (1, 3, 32, 32)), (small, (2, 1, 8, 12))]
     for i, (module, shape) in enumerate(configs):
         cond = ctx.rand(*shape, offset=i)  # control images live in [0, 1]
         yield Case(f"control image {shape}", (module, cond))
@@ -477,11 +483,11 @@ def _residuals_cases(ctx: Context):
         ctx.sources.append(source)
     cfg = source.config
     configs = [(layers, cfg, 2, 16, 24, 0.8), (layers, cfg, 1, 8, 8, 1.7), (layers, cfg, 3, 16, 8, 0.35)]
+    other, other_cfg = _other_new_layers(ctx, ctx.seed % 1000)
     if ctx.hidden:
-        other, other_cfg = _other_new_layers(ctx, ctx.seed % 1000)
         configs.append((other, other_cfg, 2, 12, 20, 1.25))
     else:
-        configs = [(layers, cfg, 1, 8, 8, 0.5)]
+        configs = [(layers, cfg, 1, 8, 8, 0.5), (other, other_cfg, 2, 8, 4, 1.5)]
     for i, (mods, c, B, H, W, scale) in enumerate(configs):
         shapes = skip_shapes(c, B, H, W)
         feats = [ctx.randn(*s, offset=100 * i + k) for k, s in enumerate(shapes)]
@@ -531,11 +537,11 @@ def _inputs(ctx: Context, model, B, H, W, offset, cond_factor=None):
 
 def _forward_cases(ctx: Context):
     model = _standin(ctx, "controlnet_model")
-    configs = [(model, 2, 8, 12, 0.8), (model, 3, 4, 16, 1.3)] if ctx.hidden else [(model, 1, 8, 8, 0.5)]
-    if ctx.hidden:
-        import copy
+    import copy
 
-        configs.append((copy.deepcopy(_other_controlnet_cached()).to(ctx.device), 2, 6, 10, 0.45))
+    other = copy.deepcopy(_other_controlnet_cached()).to(ctx.device)
+    configs = ([(model, 2, 8, 12, 0.8), (model, 3, 4, 16, 1.3), (other, 2, 6, 10, 0.45)] if ctx.hidden
+               else [(model, 1, 8, 8, 0.5), (other, 1, 4, 4, 1.2)])
     for i, (net, B, H, W, scale) in enumerate(configs):
         factor = 2 ** (len(net.config.conditioning_embedding_out_channels) - 1)
         sample, t, text, cond = _inputs(ctx, net, B, H, W, 10 * i, factor)
@@ -568,9 +574,9 @@ def _plain_unet(unet, sample, t, text):
 
 def _unet_cases(ctx: Context):
     unet = _standin(ctx, "controlnet_sd15_unet_model")
-    configs = [(unet, 2, 8, 12, 0.8), (unet, 3, 12, 4, 1.6)] if ctx.hidden else [(unet, 1, 8, 8, 0.5)]
-    if ctx.hidden:
-        configs.append((_other_unet("sd", ctx.device), 2, 6, 10, 0.3))
+    other = _other_unet("sd", ctx.device)
+    configs = ([(unet, 2, 8, 12, 0.8), (unet, 3, 12, 4, 1.6), (other, 2, 6, 10, 0.3)] if ctx.hidden
+               else [(unet, 1, 8, 8, 0.5), (other, 1, 4, 4, 1.4)])
     for i, (model, B, H, W, scale) in enumerate(configs):
         s = 100 * i
         sample, t, text = _inputs(ctx, model, B, H, W, s)

@@ -178,7 +178,7 @@ def _pose_variant(keypoints, H, W, *, dim=True, joints_first=False, bgr=False, s
 
 
 def _pose_cases(ctx: Context):
-    configs = [(64, 128, 0), (128, 64, 2), (32, 64, 1)] if ctx.hidden else [(64, 64, 0)]
+    configs = [(64, 128, 0), (128, 64, 2), (32, 64, 1)] if ctx.hidden else [(64, 64, 1)]
     for i, (H, W, missing) in enumerate(configs):
         k = skeleton((ctx.seed + i) % 2 ** 62, H, W, missing).to(ctx.device)
         yield Case(f"{H}x{W} canvas, {18 - missing} of 18 keypoints", (k, H, W))
@@ -288,7 +288,7 @@ def _schedule_judge(case: Case, got) -> None:
 
 # ---------------------------------------------------------------- 6. guess mode's ramp
 def _guess_cases(ctx: Context):
-    for n, scale in ([(9, 0.7), (3, 2.0), (15, 1.0)] if ctx.hidden else [(12, 1.0)]):
+    for n, scale in ([(9, 0.7), (3, 2.0), (15, 1.0)] if ctx.hidden else [(12, 0.5)]):
         yield Case(f"{n} down residuals, conditioning_scale {scale}", (n, scale))
 
 

@@ -58,12 +58,21 @@ TWO_LAYER_UNET = dict(
 )
 
 
+#: The public check's layout with two transformer blocks per attention (hidden tests use TWO_LAYER_UNET).
+PUBLIC_TWO_LAYER_UNET = dict(
+    block_out_channels=(8, 16), layers_per_block=1, cross_attention_dim=6, attention_head_dim=2,
+    transformer_layers_per_block=(2, 2), norm_num_groups=4, in_channels=4, out_channels=4, sample_size=8,
+    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+)
+
+
 @functools.lru_cache(maxsize=4)
 def _meta_unet(layout: str):
     """A UNet at a real layout on the meta device (no memory): only its processor layout is used."""
     from diffusers import UNet2DConditionModel
 
-    cfg = weights.CHECKPOINTS["ip_adapter_sd15_unet"].real_config if layout == "sd15" else SDXL_UNET
+    cfg = {"sd15": weights.CHECKPOINTS["ip_adapter_sd15_unet"].real_config, "sdxl": SDXL_UNET,
+           "two": PUBLIC_TWO_LAYER_UNET}[layout]
     with torch.device("meta"):
         return UNet2DConditionModel(**cfg)
 
@@ -141,7 +150,8 @@ def _proj_cases(ctx: Context):
                     1 + ctx.randn(C, offset=o + 2, scale=0.2), ctx.randn(C, offset=o + 3, scale=0.2))
         configs = [(3, real), (2, rand(16, 6, 10, 1)), (4, rand(3, 5, 7, 5)), (1, rand(1, 8, 4, 9))]
     else:
-        configs = [(1, real)]
+        configs = [(1, real), (2, (ctx.randn(2 * 6, 5, offset=1, scale=0.3), ctx.randn(2 * 6, offset=2),
+                                   1 + ctx.randn(6, offset=3, scale=0.2), ctx.randn(6, offset=4, scale=0.2)))]
     for i, (B, (wt, bs, nwt, nbs)) in enumerate(configs):
         e = ctx.randn(B, wt.shape[1], offset=20 + i)
         T, C = wt.shape[0] // nwt.shape[0], nwt.shape[0]
@@ -310,6 +320,8 @@ def _ids_cases(ctx: Context):
     sd_p, sources, unet = load_adapter(ctx.device, standin=True, unet=True)
     _note(ctx, sources)
     configs = [("the lesson's stand-in UNet", unet, sd_p)]
+    if not ctx.hidden:
+        configs.append(("a UNet with 2 transformer blocks per attention (meta device)", _meta_unet("two"), None))
     if ctx.hidden:
         s = ctx.seed % 10007
         configs.append(("a UNet with 2 transformer blocks per attention", _random_unet(TWO_LAYER_UNET, s, ctx.device),
@@ -349,6 +361,10 @@ def _unet_cases(ctx: Context):
     # Small latents whatever the checkpoint (any multiple of 8 fits SD1.5's three downsamplings):
     # the real UNet on a CPU grader stays within the cell time limit.
     configs = [(unet, sd, 1, 8, 8, 5, 0.6)]
+    if not ctx.hidden:
+        # Another layout, text width 6, 3 image tokens: nothing may assume SD1.5's 4 tokens or widths.
+        other = _random_unet(PUBLIC_TWO_LAYER_UNET, 21, ctx.device)
+        configs.append((other, _random_state_dict(PUBLIC_TWO_LAYER_UNET, 5, 3, 22, ctx.device), 2, 8, 8, 4, 1.2))
     if ctx.hidden:
         s = ctx.seed % 10007
         # Another layout, text width 10, 2 image tokens from a 6-wide image embedding.
