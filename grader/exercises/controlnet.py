@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from .. import weights
 from ..compare import ComparisonError, assert_close
+from ..exercise import SubmissionError
 from ..reference import controlnet as ref
 from ..weights.resolve import reinitialise_
 from . import Case, Context, Exercise, exercises
@@ -65,6 +66,18 @@ def _standin(ctx: Context, part: str, device=None):
     if note.banner() not in [s.banner() for s in ctx.sources]:
         ctx.sources.append(note)
     return module
+
+
+def harness(name: str, invoke):
+    """``invoke`` as a case's harness, with the core's messages for a missing or non-callable answer
+    (a harness would otherwise report its own TypeError on calling None)."""
+    def run(fn, *args, **kwargs):
+        if fn is None:
+            raise SubmissionError(f"{name}: not defined. Run the cell that defines `{name}` first.")
+        if not callable(fn):
+            raise SubmissionError(f"{name}: expected a function, got {type(fn).__name__}.")
+        return invoke(fn, *args, **kwargs)
+    return run
 
 
 def copied(fn, *args):
@@ -127,7 +140,7 @@ def _zero_conv_cases(ctx: Context):
         x = ctx.randn(B, C, H, W, offset=10 * i)
         grad_out = ctx.randn(B, C, H, W, offset=10 * i + 1)
         x2 = ctx.randn(B, C, H, W, offset=10 * i + 2)
-        yield Case(f"{C} channels", (C, x, grad_out, x2, 0.5), invoke=_zero_conv_harness)
+        yield Case(f"{C} channels", (C, x, grad_out, x2, 0.5), invoke=harness("zero_conv", _zero_conv_harness))
 
 
 def _conv_step(x, grad_out, x2, lr, *, bias=True, kernel=1):
@@ -338,7 +351,7 @@ def _from_unet_cases(ctx: Context):
             extra["class_labels"] = torch.randint(0, cfg.num_class_embeds, (B,), generator=g)
         label = f"{what}, conditioning_embedding_out_channels={channels}"
         yield Case(label, (model, channels, sample, t, text, cond, scale, extra, (ctx.seed + 1000 * i) % 2 ** 31),
-                   invoke=_from_unet_harness)
+                   invoke=harness("controlnet_from_unet", _from_unet_harness))
 
 
 def _from_unet_judge(case: Case, got) -> None:
@@ -493,7 +506,8 @@ def _residuals_cases(ctx: Context):
         feats = [ctx.randn(*s, offset=100 * i + k) for k, s in enumerate(shapes)]
         mid = ctx.randn(*shapes[-1], offset=100 * i + 99)
         label = f"{len(feats)} features for a latent {(B, H, W)}, conditioning_scale {scale}"
-        yield Case(label, (feats, mid, mods["down_blocks"], mods["mid_block"], scale), invoke=copied)
+        yield Case(label, (feats, mid, mods["down_blocks"], mods["mid_block"], scale),
+                   invoke=harness("control_residuals", copied))
 
 
 def _residuals_judge(case: Case, got) -> None:
@@ -586,7 +600,8 @@ def _unet_cases(ctx: Context):
         label = f"latent {tuple(sample.shape)}, t {t.tolist()}, conditioning_scale {scale}"
         if model is not unet:
             label += f" (a UNet with {len(model.config.block_out_channels)} levels, 1 resnet each)"
-        yield Case(label, (model, sample, t, text, down, mid, scale), invoke=copied)
+        yield Case(label, (model, sample, t, text, down, mid, scale),
+                   invoke=harness("unet_with_control", copied))
 
 
 def _unet_judge(case: Case, got) -> None:

@@ -21,7 +21,7 @@ from ..compare import assert_close
 from ..reference import controlnet_in_practice as ref
 from ..weights.resolve import reinitialise_
 from . import Case, Context, Exercise, exercises
-from .controlnet import _pair, _standin, copied
+from .controlnet import _pair, _standin, copied, harness
 
 LESSON = "02_controlnet_in_practice"
 
@@ -109,7 +109,8 @@ def _canny_cases(ctx: Context):
     configs = [(48, 80, 100, 200), (64, 40, 50, 150), (24, 24, 150, 250)] if ctx.hidden else [(64, 64, 100, 200)]
     for i, (H, W, low, high) in enumerate(configs):
         image = scene((ctx.seed + i) % 2 ** 32, H, W)
-        yield Case(f"a {H}x{W} RGB image, thresholds {low}/{high}", (image, low, high), invoke=copied)
+        yield Case(f"a {H}x{W} RGB image, thresholds {low}/{high}", (image, low, high),
+                   invoke=harness("canny_control_image", copied))
 
 
 def _canny_judge(case: Case, got) -> None:
@@ -232,7 +233,8 @@ def _multi_cases(ctx: Context):
         text = ctx.randn(B, 6, cfg.cross_attention_dim, offset=s + 2)
         images = [ctx.rand(B, 3, H * factor, W * factor, offset=s + 3 + k) for k in range(len(scales))]
         label = f"{len(nets)} ControlNets, scales {list(scales)}, latent {tuple(sample.shape)}"
-        yield Case(label, (nets, sample, t, text, images, list(scales)), invoke=copied)
+        yield Case(label, (nets, sample, t, text, images, list(scales)),
+                   invoke=harness("multi_controlnet_residuals", copied))
 
 
 def _multi_judge(case: Case, got) -> None:
@@ -270,7 +272,8 @@ def _schedule_cases(ctx: Context):
     else:
         configs = [(8, [1.0, 0.5], [0.0, 0.25], [0.75, 1.0])]
     for T, scales, starts, ends in configs:
-        yield Case(f"{T} steps, scales {scales}, start {starts}, end {ends}", (T, scales, starts, ends), invoke=copied)
+        yield Case(f"{T} steps, scales {scales}, start {starts}, end {ends}", (T, scales, starts, ends),
+                   invoke=harness("control_schedule", copied))
 
 
 def _schedule_judge(case: Case, got) -> None:

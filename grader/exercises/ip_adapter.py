@@ -5,7 +5,8 @@ no reference there) and ``judge`` (reference + comparison; trusted side only).
 
 Public checks: fixed small inputs on the CPU, the stand-in UNet for the UNet-level checks.
 Hidden tests: a seed drawn at grading time, other batch sizes, token counts, widths, head
-counts (attentions whose inner width differs from their query width) and UNet layouts (two transformer layers per block; SD1.5's and SDXL's real layouts on the meta
+counts (attentions whose inner width differs from their query width) and UNet layouts (two
+transformer layers per block; SD1.5's and SDXL's real layouts on the meta
 device), the real ``h94/IP-Adapter`` + SD1.5 weights when both are present, and the GPU
 when there is one.
 """
@@ -24,6 +25,7 @@ from ..compare import ComparisonError, assert_close
 from ..reference import ip_adapter as ref
 from ..weights.resolve import reinitialise_
 from . import Case, Context, Exercise, exercises
+from .controlnet import harness
 
 LESSON = "03_ip_adapter"
 
@@ -380,8 +382,10 @@ def _unet_cases(ctx: Context):
         text = ctx.randn(B, L, C, offset=20 + i)
         emb = ctx.randn(B, E, offset=30 + i)
         t = ctx.randint(0, 1000, (B,), offset=40 + i)
-        label = f"sample {tuple(sample.shape)}, {L} text tokens of width {C}, {T} image tokens, t {t.tolist()}, scale {scale}"
-        yield Case(label, (model, state, sample, t, text, emb, scale), invoke=_fresh_state_dict)
+        label = (f"sample {tuple(sample.shape)}, {L} text tokens of width {C}, {T} image tokens, t {t.tolist()}, "
+                 f"scale {scale}")
+        yield Case(label, (model, state, sample, t, text, emb, scale),
+                   invoke=harness("ip_adapter_unet", _fresh_state_dict))
 
 
 def _reference_unet(unet, sd, sample, t, text, emb, scale):
