@@ -1,17 +1,22 @@
 """Lesson 1 (ControlNet): public checks and hidden tests for every exercise.
 
-Public checks: fixed small inputs on the CPU. Hidden tests: a seed drawn at grading time,
-shapes the public checks do not use (batch > 1, non-square latents, other channel counts,
-SDXL-like and class-conditional UNets), the real ControlNet 1.1 Canny layers when present,
-and the GPU when there is one. Whole-model checks (ControlNet encoder, UNet decoder) run
-on the tiny stand-ins by design: the real-weight checks read the layers a ControlNet adds.
+Each exercise: ``cases`` (inputs from the context's seed; runs beside the student's code, so
+no reference there) and ``judge`` (reference + comparison; trusted side only). Exercises whose
+answer is a module (``zero_conv``, ``controlnet_from_unet``) have a harness (``Case.invoke``)
+that turns the returned module into evidence the judge can check: its outputs, its tensors,
+what one training step does to it, whether perturbing the UNet it was given changes it.
+
+Public checks: fixed small inputs on the CPU. Hidden tests: the grader's seed, shapes the
+public checks do not use (batch > 1, non-square latents, other channel counts, other
+conditioning scales, SDXL-like and class-conditional UNets, other UNet/ControlNet layouts),
+the real ControlNet 1.1 Canny layers when present, and the GPU when there is one.
+Whole-model checks (ControlNet encoder, UNet decoder) run on small stand-ins by design: the
+real-weight checks read the layers a ControlNet adds.
 """
 
 from __future__ import annotations
 
-import copy
 import functools
-import json
 
 import torch
 import torch.nn as nn
@@ -19,11 +24,10 @@ import torch.nn.functional as F
 
 from .. import weights
 from ..compare import ComparisonError, assert_close
-from ..exercise import call
+from ..exercise import SubmissionError
 from ..reference import controlnet as ref
-from ..runtime import generator, randn
 from ..weights.resolve import reinitialise_
-from . import build, device_for, passed, seed_for
+from . import Case, Context, Exercise, exercises
 
 LESSON = "01_controlnet"
 
@@ -55,52 +59,47 @@ def standin_banner(source) -> str:
     return _ByDesign(source).banner()
 
 
-# ---------------------------------------------------------------- recordable results
-# Under trusted grading (grader/replay.py) only tensors leave the sandbox where the student's
-# code runs. Answers that are modules or nested structures are turned into tensors *inside*
-# the recorded call (the functions below run right after the student's function returns),
-# and the checks read those tensors, the same way in the sandbox and in the verifier.
-def _call_then(fn, name: str, post, n_student_args: int, *args, forbidden=(), case: str = ""):
-    """``call``, with ``post(result, *args)`` applied inside the call; the student's function
-    receives the first ``n_student_args`` arguments."""
-    target = fn
-    if callable(fn):
-        def target(*a):
-            return post(fn(*a[:n_student_args]), *a)
-        target.__name__ = name
-    return call(target, name, *args, forbidden=forbidden, case=case)
+def _standin(ctx: Context, part: str, device=None):
+    """A stand-in part chosen by design; its banner says so (once per context)."""
+    module, source = weights.get(part, device if device is not None else ctx.device, standin=True)
+    note = _ByDesign(source)
+    if note.banner() not in [s.banner() for s in ctx.sources]:
+        ctx.sources.append(note)
+    return module
+
+
+def harness(name: str, invoke):
+    """``invoke`` as a case's harness, with the core's messages for a missing or non-callable answer
+    (a harness would otherwise report its own TypeError on calling None)."""
+    def run(fn, *args, **kwargs):
+        if fn is None:
+            raise SubmissionError(f"{name}: not defined. Run the cell that defines `{name}` first.")
+        if not callable(fn):
+            raise SubmissionError(f"{name}: expected a function, got {type(fn).__name__}.")
+        return invoke(fn, *args, **kwargs)
+    return run
+
+
+def copied(fn, *args):
+    """A harness for arguments the core does not copy (lists of tensors or modules, numpy arrays):
+    the student's function gets its own deep copies, so editing them in place changes nothing else."""
+    import copy
+
+    return fn(*copy.deepcopy(args))
 
 
 def _type_name(value) -> str:
     return getattr(value, "course_type_name", type(value).__name__)
 
 
-def _json_tensor(data) -> torch.Tensor:
-    return torch.tensor(list(json.dumps(data, default=str).encode()), dtype=torch.uint8)
-
-
-def _json_of(t, name: str):
-    try:
-        return json.loads(bytes(t.to("cpu", torch.uint8).tolist()).decode())
-    except Exception:  # noqa: BLE001: a damaged or forged record
-        raise ComparisonError(f"{name}: the recorded description of your result could not be read.") from None
-
-
-def _flatten_pair(value, *_):
-    """(list of tensors, tensor) -> (marker, *list, tensor); anything else is recorded as it is."""
-    if (isinstance(value, (tuple, list)) and len(value) == 2 and isinstance(value[0], (tuple, list))
-            and all(isinstance(t, torch.Tensor) for t in value[0]) and isinstance(value[1], torch.Tensor)):
-        return (torch.tensor([float(len(value[0]))]),) + tuple(value[0]) + (value[1],)
-    return value
-
-
-def _unflatten_pair(got, name: str, expected_len: int):
-    ok = (isinstance(got, (tuple, list)) and len(got) >= 2 and isinstance(got[0], torch.Tensor)
-          and tuple(got[0].shape) == (1,) and int(got[0].item()) == len(got) - 2)
+def _pair(got, name: str, expected_len: int):
+    """A recorded (list of down residuals, mid residual), checked for its structure."""
+    ok = (isinstance(got, (tuple, list)) and len(got) == 2 and isinstance(got[0], (tuple, list))
+          and all(isinstance(t, torch.Tensor) for t in got[0]) and isinstance(got[1], torch.Tensor))
     if not ok:
         raise ComparisonError(f"{name}: return a pair (list of down residuals, mid residual), "
                               f"got {_type_name(got)}.")
-    down, mid = list(got[1:-1]), got[-1]
+    down, mid = list(got[0]), got[1]
     if len(down) != expected_len:
         raise ComparisonError(
             f"{name}: {len(down)} down residuals, expected {expected_len}: one per skip tensor the UNet's "
@@ -109,89 +108,99 @@ def _unflatten_pair(got, name: str, expected_len: int):
 
 
 # ---------------------------------------------------------------- 1. zero convolution
-_CONV_FIELDS = ("is a Conv2d", "in_channels", "out_channels", "kernel height", "kernel width", "stride (rows)",
-                "stride (columns)", "padding (rows)", "padding (columns)", "dilation (rows)", "dilation (columns)",
-                "groups", "has a bias", "weight requires grad", "bias requires grad")
-
-
-def _describe_conv(module, channels, x):
-    """What the returned layer is, as tensors: (fields, weight, bias, its output on x)."""
+def _zero_conv_harness(fn, channels, x, grad_out, x2, lr):
+    """Untrusted: the returned layer as evidence: its parameters, its output on x, and its output
+    on x2 after one SGD step on the loss sum(layer(x) * grad_out)."""
+    module = fn(channels)
     if not isinstance(module, nn.Conv2d):
-        return (torch.zeros(len(_CONV_FIELDS), dtype=torch.float64),)
-    pad = module.padding if isinstance(module.padding, tuple) else (-1, -1)
-    has_bias = module.bias is not None
-    fields = torch.tensor([1, module.in_channels, module.out_channels, *module.kernel_size, *module.stride, *pad,
-                           *module.dilation, module.groups, has_bias, module.weight.requires_grad,
-                           has_bias and module.bias.requires_grad], dtype=torch.float64)
-    bias = module.bias.detach().clone() if has_bias else torch.zeros(0)
+        return {"type": type(module).__name__}
+    module = module.to(x.device)
+    params = dict(module.named_parameters())
+    evidence = {"type": "Conv2d",
+                "params": {n: p.detach().clone() for n, p in params.items()},
+                "requires_grad": {n: bool(p.requires_grad) for n, p in params.items()}}
+    trainable = [p for p in params.values() if p.requires_grad]
+    with torch.enable_grad():
+        out = module(x)
+        evidence["output"] = out.detach().clone()
+        if trainable and out.requires_grad and out.shape == grad_out.shape:
+            grads = torch.autograd.grad(out, trainable, grad_out, allow_unused=True)
+            with torch.no_grad():
+                for p, g in zip(trainable, grads):
+                    if g is not None:
+                        p -= lr * g
     with torch.no_grad():
-        out = module(x) if module.in_channels == x.shape[1] else torch.zeros(0)
-    return fields, module.weight.detach().clone(), bias, out
+        evidence["after_one_step"] = module(x2).detach().clone()
+    return evidence
 
 
-def _check_zero_conv(fn, hidden: bool) -> str:
-    seed = seed_for(hidden)
-    cases = [320, 3, 17] if hidden else [8]
-    for i, C in enumerate(cases):
-        x = randn(2, C, 5, 7, seed=seed + i)
-        got = _call_then(fn, "zero_conv", _describe_conv, 1, C, x, forbidden=FORBID_ZERO, case=f"{C} channels")
-        expected = ref.zero_conv(C)
-        name = f"zero_conv({C})"
-        if not isinstance(got, (tuple, list)) or not got or not isinstance(got[0], torch.Tensor) \
-                or got[0].numel() != len(_CONV_FIELDS) or got[0][0].item() != 1 or len(got) != 4:
-            raise ComparisonError(f"{name}: expected a torch.nn.Conv2d (a trainable layer).")
-        want = _describe_conv(expected, C, x)[0]
-        for field, g_, w_ in zip(_CONV_FIELDS, got[0].tolist(), want.tolist()):
-            if g_ != w_:
-                if field == "has a bias":
-                    raise ComparisonError(f"{name}: the convolution has no bias; ControlNet's zero convolutions "
-                                          f"have one, initialised to zero like the weight.")
-                if field.endswith("requires grad"):
-                    raise ComparisonError(f"{name}: its {field.split()[0]} does not require grad: a zero "
-                                          f"convolution is trained.")
-                raise ComparisonError(f"{name}: {field} is {g_:g}; ControlNet's zero convolutions have {w_:g} "
-                                      f"(a 1x1 convolution from C to C channels, stride 1, no padding).")
-        for pname, p in (("weight", got[1]), ("bias", got[2])):
-            largest = p.abs().max().item()
-            if largest != 0:
-                raise ComparisonError(f"{name}: its {pname} is not zero (largest |value| {largest:.3g}): "
-                                      f"a zero convolution starts with weight and bias both exactly 0.")
-        with torch.no_grad():
-            assert_close(got[3], expected(x), name=f"{name} applied to x {(2, C, 5, 7)}")
-    return passed("zero_conv", len(cases), None, hidden)
+def _zero_conv_cases(ctx: Context):
+    configs = [(320, (2, 5, 7)), (3, (3, 4, 6)), (17, (1, 6, 3))] if ctx.hidden else [(8, (2, 5, 7))]
+    for i, (C, (B, H, W)) in enumerate(configs):
+        x = ctx.randn(B, C, H, W, offset=10 * i)
+        grad_out = ctx.randn(B, C, H, W, offset=10 * i + 1)
+        x2 = ctx.randn(B, C, H, W, offset=10 * i + 2)
+        yield Case(f"{C} channels", (C, x, grad_out, x2, 0.5), invoke=harness("zero_conv", _zero_conv_harness))
+
+
+def _conv_step(x, grad_out, x2, lr, *, bias=True, kernel=1):
+    """A C -> C convolution at zero after one SGD step on sum(conv(x) * grad_out), applied to x2."""
+    C = x.shape[1]
+    w = torch.zeros(C, C, kernel, kernel, device=x.device, requires_grad=True)
+    b = torch.zeros(C, device=x.device, requires_grad=True) if bias else None
+    with torch.enable_grad():
+        out = F.conv2d(x, w, b, padding=kernel // 2)
+        grads = torch.autograd.grad(out, [w] + ([b] if bias else []), grad_out)
+    with torch.no_grad():
+        w2 = -lr * grads[0]
+        b2 = -lr * grads[1] if bias else None
+        return F.conv2d(x2, w2, b2, padding=kernel // 2)
+
+
+def _zero_conv_judge(case: Case, got) -> None:
+    C, x, grad_out, x2, lr = case.args
+    name = f"zero_conv({C})"
+    if not isinstance(got, dict) or got.get("type") != "Conv2d":
+        kind = got.get("type") if isinstance(got, dict) else _type_name(got)
+        raise ComparisonError(f"{name}: expected a torch.nn.Conv2d (a trainable layer), got {kind}.")
+    params, requires_grad = got.get("params") or {}, got.get("requires_grad") or {}
+    if not params:
+        raise ComparisonError(f"{name}: the layer has no parameters: a zero convolution is trained.")
+    for pname, p in params.items():
+        if isinstance(p, torch.Tensor) and p.numel() and p.abs().max().item() != 0:
+            raise ComparisonError(f"{name}: its {pname} is not zero (largest |value| {p.abs().max().item():.3g}): "
+                                  f"a zero convolution starts with weight and bias both exactly 0.")
+    for pname, flag in requires_grad.items():
+        if not flag:
+            raise ComparisonError(f"{name}: its {pname} does not require grad: a zero convolution is trained.")
+    if not any(n == "bias" or n.endswith(".bias") for n in params):
+        raise ComparisonError(f"{name}: the convolution has no bias; ControlNet's zero convolutions have one, "
+                              f"initialised to zero like the weight.")
+    with torch.no_grad():
+        assert_close(got.get("output"), torch.zeros_like(x), name=f"{name} applied to x {tuple(x.shape)}")
+    assert_close(got.get("after_one_step"), _conv_step(x, grad_out, x2, lr),
+                 name=f"{name} after one training step (SGD, lr {lr}), applied to new features {tuple(x2.shape)}",
+                 variants={
+                     "the bias left out (ControlNet's zero convolutions have one, initialised to zero)":
+                         lambda: _conv_step(x, grad_out, x2, lr, bias=False),
+                     "a 3x3 kernel (a zero convolution is 1x1: it mixes channels at each pixel, not neighbours)":
+                         lambda: _conv_step(x, grad_out, x2, lr, kernel=3),
+                 })
 
 
 # ---------------------------------------------------------------- 2. backward through a 1x1 convolution
-def _check_backward(fn, hidden: bool) -> str:
-    dev, seed = device_for(hidden), seed_for(hidden)
+def _backward_cases(ctx: Context):
     # (B, C_in, H, W, C_out, zero weights?)
-    cases = ([(2, 5, 4, 6, 3, False), (3, 8, 2, 5, 8, True), (1, 6, 3, 3, 6, False), (2, 320, 3, 2, 320, True)]
-             if hidden else [(2, 4, 3, 3, 4, False), (1, 4, 3, 3, 4, True)])
-    for i, (B, C, H, W, O, zero) in enumerate(cases):
-        s = seed + 10 * i
-        x = randn(B, C, H, W, seed=s, dev=dev)
-        weight = torch.zeros(O, C, 1, 1, device=dev) if zero else randn(O, C, 1, 1, seed=s + 1, dev=dev, scale=0.5)
-        bias = torch.zeros(O, device=dev) if zero else randn(O, seed=s + 2, dev=dev)
-        grad_out = randn(B, O, H, W, seed=s + 3, dev=dev)
-        expected = _autograd_conv1x1(x, weight, bias, grad_out)
+    configs = ([(2, 5, 4, 6, 3, False), (3, 8, 2, 5, 8, True), (1, 6, 3, 3, 6, False), (2, 320, 3, 2, 320, True)]
+               if ctx.hidden else [(2, 4, 3, 3, 4, False), (1, 4, 3, 3, 4, True)])
+    for i, (B, C, H, W, O, zero) in enumerate(configs):
+        s = 10 * i
+        x = ctx.randn(B, C, H, W, offset=s)
+        weight = torch.zeros(O, C, 1, 1, device=ctx.device) if zero else ctx.randn(O, C, 1, 1, offset=s + 1, scale=0.5)
+        bias = torch.zeros(O, device=ctx.device) if zero else ctx.randn(O, offset=s + 2)
+        grad_out = ctx.randn(B, O, H, W, offset=s + 3)
         label = f"x {(B, C, H, W)}, weight {(O, C, 1, 1)}{' all zero (a zero conv)' if zero else ''}"
-        got = call(fn, "conv1x1_backward", x, weight, bias, grad_out, forbidden=FORBID_BACKWARD, case=label)
-        if not isinstance(got, (tuple, list)) or len(got) != 4:
-            raise ComparisonError("conv1x1_backward: return a tuple of 4 tensors: "
-                                  "(output, grad_weight, grad_bias, grad_input).")
-        W2 = weight[:, :, 0, 0]
-        variants = {
-            "output": {"the bias left out": expected[0] - bias[None, :, None, None]},
-            "grad_weight": {"the batch averaged instead of summed": expected[1] / B},
-            "grad_bias": {},
-            "grad_input": {"the weight used as is instead of transposed (W g, not W^T g)":
-                           torch.einsum("co,bohw->bchw", W2, grad_out) if O == C else None,
-                           "the incoming gradient passed straight through (as if the branch were an identity)":
-                           grad_out if O == C else None},
-        }
-        for g_, e_, n_ in zip(got, expected, ("output", "grad_weight", "grad_bias", "grad_input")):
-            assert_close(g_, e_, name=f"conv1x1_backward {n_} for {label}", variants=variants[n_])
-    return passed("conv1x1_backward", len(cases), None, hidden)
+        yield Case(label, (x, weight, bias, grad_out))
 
 
 def _autograd_conv1x1(x, weight, bias, grad_out):
@@ -202,6 +211,27 @@ def _autograd_conv1x1(x, weight, bias, grad_out):
         out = F.conv2d(x, w, b)
         out.backward(grad_out)
     return out.detach(), w.grad.detach(), b.grad.detach(), x.grad.detach()
+
+
+def _backward_judge(case: Case, got) -> None:
+    x, weight, bias, grad_out = case.args
+    expected = _autograd_conv1x1(x, weight, bias, grad_out)
+    if not isinstance(got, (tuple, list)) or len(got) != 4:
+        raise ComparisonError("conv1x1_backward: return a tuple of 4 tensors: "
+                              "(output, grad_weight, grad_bias, grad_input).")
+    B, O, C = x.shape[0], weight.shape[0], weight.shape[1]
+    W2 = weight[:, :, 0, 0]
+    variants = {
+        "output": {"the bias left out": expected[0] - bias[None, :, None, None]},
+        "grad_weight": {"the batch averaged instead of summed": expected[1] / B},
+        "grad_bias": {},
+        "grad_input": {"the weight used as is instead of transposed (W g, not W^T g)":
+                       torch.einsum("co,bohw->bchw", W2, grad_out) if O == C else None,
+                       "the incoming gradient passed straight through (as if the branch were an identity)":
+                       grad_out if O == C else None},
+    }
+    for g_, e_, n_ in zip(got, expected, ("output", "grad_weight", "grad_bias", "grad_input")):
+        assert_close(g_, e_, name=f"conv1x1_backward {n_} for {case.label}", variants=variants[n_])
 
 
 # ---------------------------------------------------------------- 3. a ControlNet from a UNet
@@ -215,90 +245,135 @@ _CLASS_COND = dict(block_out_channels=(8, 8, 16), layers_per_block=1, attention_
                    num_class_embeds=10, cross_attention_dim=12, sample_size=16, in_channels=6, out_channels=6,
                    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
                    up_block_types=("UpBlock2D", "UpBlock2D", "CrossAttnUpBlock2D"))
+#: Another SD1.5-like layout for the whole-model checks: two levels, one resnet per level, 4 heads
+#: at the second level, another text width.
+_OTHER_SD = dict(block_out_channels=(8, 16), layers_per_block=1, attention_head_dim=(2, 4), norm_num_groups=4,
+                 cross_attention_dim=10, sample_size=8, in_channels=4, out_channels=4,
+                 down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                 up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
 
 
 @functools.lru_cache(maxsize=4)
-def _other_unet(kind: str):
+def _other_unet_cached(kind: str):
     from diffusers import UNet2DConditionModel
 
-    unet = UNet2DConditionModel(**{"sdxl": _SDXL_LIKE, "class": _CLASS_COND}[kind])
+    unet = UNet2DConditionModel(**{"sdxl": _SDXL_LIKE, "class": _CLASS_COND, "sd": _OTHER_SD}[kind])
     reinitialise_(unet, seed=11)
     return unet.eval()
 
 
+def _other_unet(kind: str, device="cpu"):
+    import copy
+
+    return copy.deepcopy(_other_unet_cached(kind)).to(device)
+
+
+@functools.lru_cache(maxsize=2)
+def _other_controlnet_cached():
+    from diffusers import ControlNetModel
+
+    cfg = {k: v for k, v in _OTHER_SD.items() if k not in ("up_block_types", "out_channels", "sample_size")}
+    net = ControlNetModel(**cfg, conditioning_embedding_out_channels=(4, 8))
+    reinitialise_(net, seed=13)
+    return net.eval()
+
+
 def _plain(v):
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
     return [_plain(x) for x in v] if isinstance(v, (list, tuple)) else v
 
 
-def _describe_controlnet(model, unet, channels, original):
-    """A returned model as tensors: a JSON header (type, config, tensor names, storage shared with the
-    UNet it was given, UNet tensors it changed), then every tensor of its state dict in name order."""
+def probe_(model, seed: int) -> None:
+    """Fill every ``controlnet_*`` parameter (the layers a ControlNet adds) with seeded values, so a
+    forward pass shows the architecture and the copied encoder (at zero init every residual is 0)."""
+    with torch.no_grad():
+        named = sorted((n, p) for n, p in model.named_parameters() if n.startswith("controlnet_"))
+        for i, (_, p) in enumerate(named):
+            g = torch.Generator("cpu").manual_seed(seed + i)
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float32).to(p.device) * 0.3)
+
+
+def _from_unet_harness(fn, unet, channels, sample, t, text, cond, scale, extra_inputs, probe_seed):
+    """Untrusted: the returned ControlNet as evidence: its tensors, its config, the UNet's tensors after
+    the call, its residuals with its new layers probed, and which of its tensors change when the UNet's
+    weights are perturbed afterwards (shared storage)."""
     from diffusers import ControlNetModel
 
+    model = fn(unet, channels)
     if not isinstance(model, ControlNetModel):
-        return (_json_tensor({"type": type(model).__name__}),)
-    state = model.state_dict()
-    keys = sorted(state)
-    given = {p.data_ptr() for p in unet.parameters()}
-    before = original.state_dict()
-    header = {
-        "type": "ControlNetModel",
-        "config": {k: _plain(v) for k, v in model.config.items() if not k.startswith("_")},
-        "keys": keys,
-        "shared": [n for n, p in model.named_parameters() if p.data_ptr() in given][:3],
-        "unet_changed": [k for k, v in unet.state_dict().items()
-                         if k not in before or v.shape != before[k].shape or not torch.equal(v.cpu(), before[k].cpu())][:3],
-    }
-    return (_json_tensor(header),) + tuple(state[k].detach().clone() for k in keys)
+        return {"type": type(model).__name__}
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    evidence = {"type": "ControlNetModel",
+                "config": {k: _plain(v) for k, v in model.config.items() if not k.startswith("_")},
+                "state": state,
+                "unet_after": {k: v.detach().clone() for k, v in unet.state_dict().items()}}
+    probe_(model, probe_seed)
+    with torch.no_grad():
+        down, mid = model.to(sample.device)(sample, t, text, cond, conditioning_scale=scale, return_dict=False,
+                                            **extra_inputs)
+        evidence["residuals"] = (list(down), mid)
+        for p in unet.parameters():
+            p.add_(1.0)
+        now = model.state_dict()
+        evidence["changed_by_unet"] = [k for k in sorted(state) if k in now and not k.startswith("controlnet_")
+                                       and not torch.equal(now[k].cpu(), state[k].cpu())][:3]
+    return evidence
 
 
-def _check_from_unet(fn, hidden: bool) -> str:
-    unet_standin, source = weights.get("controlnet_sd15_unet_model", standin=True)
-    cases = [(unet_standin, (4, 8, 16), "the stand-in SD1.5-like UNet")]
-    if hidden:
-        cases = [(unet_standin, (8, 16, 32, 32), "the stand-in SD1.5-like UNet"),
-                 (_other_unet("sdxl"), (4, 8), "an SDXL-like UNet (added text/time embedding, 2 transformer layers)"),
-                 (_other_unet("class"), (8, 8, 16), "a class-conditional UNet (6 latent channels)")]
-    for unet, channels, what in cases:
+def _from_unet_cases(ctx: Context):
+    g = ctx.generator(7)
+    unet = _standin(ctx, "controlnet_sd15_unet_model", "cpu")
+    if ctx.hidden:
+        configs = [(unet, (8, 16, 32, 32), "the stand-in SD1.5-like UNet", 2, 8, 12, 0.8),
+                   (_other_unet("sdxl"), (4, 8), "an SDXL-like UNet (added text/time embedding, 2 transformer layers)",
+                    2, 6, 10, 1.3),
+                   (_other_unet("class"), (8, 8, 16), "a class-conditional UNet (6 latent channels)", 3, 8, 4, 0.6)]
+    else:
+        # The SDXL-like and class-conditional UNets here too (other sizes than the hidden tests'):
+        # their added/class embeddings are part of the encoder a ControlNet copies.
+        configs = [(unet, (4, 8, 16), "the stand-in SD1.5-like UNet", 1, 8, 8, 1.0),
+                   (_other_unet("sdxl"), (4, 4), "an SDXL-like UNet (added text/time embedding)", 1, 4, 4, 1.0),
+                   (_other_unet("class"), (4, 8), "a class-conditional UNet", 1, 4, 4, 1.0)]
+    for i, (model, channels, what, B, H, W, scale) in enumerate(configs):
+        cfg = model.config
+        factor = 2 ** (len(channels) - 1)
+        sample = ctx.randn(B, cfg.in_channels, H, W, offset=100 * i).cpu()
+        t = torch.randint(0, 1000, (B,), generator=g)
+        text = ctx.randn(B, 5, cfg.cross_attention_dim, offset=100 * i + 1).cpu()
+        cond = ctx.rand(B, 3, H * factor, W * factor, offset=100 * i + 2).cpu()
+        extra = {}
+        if cfg.addition_embed_type == "text_time":
+            n_text = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim
+            extra["added_cond_kwargs"] = {"text_embeds": ctx.randn(B, n_text, offset=100 * i + 3).cpu(),
+                                          "time_ids": ctx.rand(B, 6, offset=100 * i + 4).cpu() * 512}
+        if cfg.num_class_embeds:
+            extra["class_labels"] = torch.randint(0, cfg.num_class_embeds, (B,), generator=g)
         label = f"{what}, conditioning_embedding_out_channels={channels}"
-        post = functools.partial(_describe_with_original, original=unet)
-        got = _call_then(fn, "controlnet_from_unet", post, 2, unet, channels, forbidden=FORBID_FROM_UNET, case=label)
-        expected = ref.controlnet_from_unet(unet, channels)
-        _compare_controlnet(got, expected, unet, label)
-    return passed("controlnet_from_unet", len(cases), _ByDesign(source), hidden)
+        yield Case(label, (model, channels, sample, t, text, cond, scale, extra, (ctx.seed + 1000 * i) % 2 ** 31),
+                   invoke=harness("controlnet_from_unet", _from_unet_harness))
 
 
-def _describe_with_original(model, unet, channels, *, original):
-    return _describe_controlnet(model, unet, channels, original)
-
-
-def _compare_controlnet(got, expected, unet, label: str) -> None:
-    name = f"controlnet_from_unet on {label}"
-    if not isinstance(got, (tuple, list)) or not got or not isinstance(got[0], torch.Tensor):
-        raise ComparisonError(f"{name}: expected a diffusers ControlNetModel, got {_type_name(got)}.")
-    header = _json_of(got[0], name)
-    if not isinstance(header, dict) or header.get("type") != "ControlNetModel":
-        kind = header.get("type") if isinstance(header, dict) else "something else"
+def _from_unet_judge(case: Case, got) -> None:
+    unet, channels, sample, t, text, cond, scale, extra, probe_seed = case.args
+    name = f"controlnet_from_unet on {case.label}"
+    if not isinstance(got, dict) or got.get("type") != "ControlNetModel":
+        kind = got.get("type") if isinstance(got, dict) else _type_name(got)
         raise ComparisonError(f"{name}: expected a diffusers ControlNetModel, got {kind}.")
-    config, keys = header.get("config") or {}, header.get("keys") or []
-    for key, value in expected.config.items():
-        if not key.startswith("_") and config.get(key) != _plain(value):
-            raise ComparisonError(f"{name}: config entry {key!r} is {config.get(key)!r}, expected {_plain(value)!r} "
-                                  f"(the encoder copy must have the UNet's architecture).")
+    expected = ref.controlnet_from_unet(unet, channels)
     e = expected.state_dict()
-    extra, missing = sorted(set(keys) - set(e)), sorted(set(e) - set(keys))
-    if extra:
+    g = got.get("state") if isinstance(got.get("state"), dict) else {}
+    extra_keys, missing = sorted(set(g) - set(e)), sorted(set(e) - set(g))
+    if extra_keys:
         hint = " The decoder (up_blocks, conv_norm_out, conv_out) is not part of a ControlNet." \
-            if any(k.startswith(("up_blocks.", "conv_out.", "conv_norm_out.")) for k in extra) else ""
-        raise ComparisonError(f"{name}: {len(extra)} unexpected tensors, e.g. {extra[0]!r}.{hint}")
+            if any(k.startswith(("up_blocks.", "conv_out.", "conv_norm_out.")) for k in extra_keys) else ""
+        raise ComparisonError(f"{name}: {len(extra_keys)} unexpected tensors, e.g. {extra_keys[0]!r}.{hint}")
     if missing:
         raise ComparisonError(f"{name}: {len(missing)} tensors missing, e.g. {missing[0]!r}.")
-    if len(got) != len(keys) + 1:
-        raise ComparisonError(f"{name}: the recorded model is incomplete.")
-    g = dict(zip(keys, got[1:]))
     for key in e:
-        if tuple(g[key].shape) != tuple(e[key].shape):
-            raise ComparisonError(f"{name}: {key!r} has shape {tuple(g[key].shape)}, expected {tuple(e[key].shape)}.")
+        if not isinstance(g[key], torch.Tensor) or tuple(g[key].shape) != tuple(e[key].shape):
+            shape = tuple(g[key].shape) if isinstance(g[key], torch.Tensor) else _type_name(g[key])
+            raise ComparisonError(f"{name}: {key!r} has shape {shape}, expected {tuple(e[key].shape)}.")
     u = unet.state_dict()
     for key in e:
         if key.startswith(ref.COPIED_PREFIXES):
@@ -315,13 +390,31 @@ def _compare_controlnet(got, expected, unet, label: str) -> None:
                 raise ComparisonError(
                     f"{name}: {key!r} is all zero: only the conditioning embedding's last convolution is a zero "
                     f"convolution. With the earlier ones at zero too, their gradients would stay zero forever.")
-    if header.get("shared"):
-        raise ComparisonError(f"{name}: {header['shared'][0]!r} shares its storage with the UNet's weights: "
+    shared = got.get("changed_by_unet") or []
+    if shared:
+        raise ComparisonError(f"{name}: {shared[0]!r} shares its storage with the UNet's weights: "
                               f"training the ControlNet would then change the frozen UNet. Copy the values, "
                               f"not the modules.")
-    if header.get("unet_changed"):
-        raise ComparisonError(f"{name}: the UNet you were given was modified ({header['unet_changed'][0]!r}); "
-                              f"it must stay frozen.")
+    after = got.get("unet_after") if isinstance(got.get("unet_after"), dict) else {}
+    changed = [k for k, v in u.items() if not isinstance(after.get(k), torch.Tensor) or after[k].shape != v.shape
+               or not torch.equal(after[k].cpu(), v.cpu())]
+    if changed:
+        raise ComparisonError(f"{name}: the UNet you were given was modified ({changed[0]!r}); it must stay frozen.")
+    # The architecture: with the new layers filled with the same probe values, the residuals must match.
+    probe_(expected, probe_seed)
+    with torch.no_grad():
+        exp_down, exp_mid = expected(sample, t, text, cond, conditioning_scale=scale, return_dict=False, **extra)
+    down, mid = _pair(got.get("residuals"), name, len(exp_down))
+    config = got.get("config") if isinstance(got.get("config"), dict) else {}
+    differ = [k for k, v in expected.config.items() if not k.startswith("_") and _plain(config.get(k)) != _plain(v)]
+    hint = (f"config entry {differ[0]!r} is {config.get(differ[0])!r}, expected {_plain(expected.config[differ[0]])!r} "
+            f"(the encoder copy must have the UNet's architecture)") if differ else None
+    for k, (g_, e_) in enumerate(list(zip(down, exp_down)) + [(mid, exp_mid)]):
+        which = "mid residual" if k == len(down) else f"down residual {k}"
+        try:
+            assert_close(g_, e_, name=f"{name}: {which} with its new layers filled with probe values")
+        except ComparisonError as err:
+            raise ComparisonError(f"{err}\n  diagnosis: {hint}." if hint else str(err)) from None
 
 
 # ---------------------------------------------------------------- 4. conditioning embedding
@@ -336,32 +429,43 @@ def _cond_embed_variant(emb, cond, *, act=F.silu, last_act=True, out_act=False):
         return act(h) if out_act else h
 
 
-def _check_cond_embedding(fn, hidden: bool) -> str:
+def _other_embedding(ctx: Context, seed: int, **kw):
     from diffusers.models.controlnets.controlnet import ControlNetConditioningEmbedding
 
-    dev, seed = device_for(hidden), seed_for(hidden)
-    layers, source = weights.get("controlnet_new_layers", dev)
-    emb = layers["cond_embedding"]
-    if hidden:
-        other = ControlNetConditioningEmbedding(conditioning_embedding_channels=6, conditioning_channels=1,
-                                                block_out_channels=(4, 8)).to(dev).eval()
-        reinitialise_(other, seed % 1000)
-        cases = [(emb, (2, 3, 40, 64)), (emb, (3, 3, 24, 16)), (other, (2, 1, 12, 20))]
+    emb = ControlNetConditioningEmbedding(**kw).to(ctx.device).eval()
+    reinitialise_(emb, seed)
+    return emb
+
+
+def _embed_cases(ctx: Context):
+    emb = ctx.weights("controlnet_new_layers")["cond_embedding"]
+    if ctx.hidden:
+        s = ctx.seed % 1000
+        other = _other_embedding(ctx, s, conditioning_embedding_channels=6, conditioning_channels=1,
+                                 block_out_channels=(4, 8))
+        three = _other_embedding(ctx, s + 1, conditioning_embedding_channels=5, conditioning_channels=3,
+                                 block_out_channels=(3, 6, 4))
+        configs = [(emb, (2, 3, 40, 64)), (emb, (3, 3, 24, 16)), (other, (2, 1, 12, 20)), (three, (2, 3, 16, 24))]
     else:
-        cases = [(emb, (1, 3, 32, 32))]
-    for i, (module, shape) in enumerate(cases):
-        cond = torch.rand(*shape, generator=generator(seed + i)).to(dev)  # control images live in [0, 1]
-        expected = ref.conditioning_embedding(module, cond)
-        label = f"control image {shape}"
-        got = call(fn, "conditioning_embedding", module, cond, forbidden=FORBID_EMBED, case=label)
-        assert_close(got, expected, name=f"conditioning_embedding on {label}", variants={
-            "ReLU instead of SiLU (the paper says ReLU; diffusers' port, and the released weights, use SiLU)":
-                lambda: _cond_embed_variant(module, cond, act=F.relu),
-            "no activation after the last strided convolution": lambda: _cond_embed_variant(module, cond, last_act=False),
-            "an activation after conv_out (it has none: its zero output must reach the UNet unchanged)":
-                lambda: _cond_embed_variant(module, cond, out_act=True),
-        })
-    return passed("conditioning_embedding", len(cases), source, hidden)
+        small = _other_embedding(ctx, 3, conditioning_embedding_channels=4, conditioning_channels=1,
+                                 block_out_channels=(3, 5))
+        configs = [(emb, (1, 3, 32, 32)), (small, (2, 1, 8, 12))]
+    for i, (module, shape) in enumerate(configs):
+        cond = ctx.rand(*shape, offset=i)  # control images live in [0, 1]
+        yield Case(f"control image {shape}", (module, cond))
+
+
+def _embed_judge(case: Case, got) -> None:
+    module, cond = case.args
+    assert_close(got, ref.conditioning_embedding(module, cond), name=f"conditioning_embedding on {case.label}",
+                 variants={
+                     "ReLU instead of SiLU (the paper says ReLU; diffusers' port, and the released weights, use SiLU)":
+                         lambda: _cond_embed_variant(module, cond, act=F.relu),
+                     "no activation after the last strided convolution":
+                         lambda: _cond_embed_variant(module, cond, last_act=False),
+                     "an activation after conv_out (it has none: its zero output must reach the UNet unchanged)":
+                         lambda: _cond_embed_variant(module, cond, out_act=True),
+                 })
 
 
 # ---------------------------------------------------------------- 5. control residuals
@@ -377,78 +481,103 @@ def skip_shapes(config, B: int, H: int, W: int) -> list[tuple[int, ...]]:
     return shapes
 
 
-def _check_residuals(fn, hidden: bool) -> str:
-    dev, seed = device_for(hidden), seed_for(hidden)
-    layers, source = weights.get("controlnet_new_layers", dev)
+def _other_new_layers(ctx: Context, seed: int):
+    from ..checkpoints.controlnet import _build_controlnet_new_layers
+
+    cfg = dict(block_out_channels=(6, 10, 12, 12), layers_per_block=1, conditioning_embedding_out_channels=(4, 8))
+    layers = _build_controlnet_new_layers(cfg)
+    reinitialise_(layers, seed)
+    return layers.to(ctx.device).eval(), cfg
+
+
+def _residuals_cases(ctx: Context):
+    layers, source = weights.get("controlnet_new_layers", ctx.device)
+    if source not in ctx.sources:
+        ctx.sources.append(source)
     cfg = source.config
-    convs, mid_conv = layers["down_blocks"], layers["mid_block"]
-    cases = [(2, 16, 24, 0.8), (1, 8, 8, 1.7), (3, 16, 8, 0.35)] if hidden else [(1, 8, 8, 0.5)]
-    for i, (B, H, W, scale) in enumerate(cases):
-        shapes = skip_shapes(cfg, B, H, W)
-        feats = [randn(*s, seed=seed + 100 * i + k, dev=dev) for k, s in enumerate(shapes)]
-        mid = randn(*shapes[-1][:2], *shapes[-1][2:], seed=seed + 100 * i + 99, dev=dev)
-        exp_down, exp_mid = ref.control_residuals(feats, mid, convs, mid_conv, scale)
+    configs = [(layers, cfg, 2, 16, 24, 0.8), (layers, cfg, 1, 8, 8, 1.7), (layers, cfg, 3, 16, 8, 0.35)]
+    other, other_cfg = _other_new_layers(ctx, ctx.seed % 1000)
+    if ctx.hidden:
+        configs.append((other, other_cfg, 2, 12, 20, 1.25))
+    else:
+        configs = [(layers, cfg, 1, 8, 8, 0.5), (other, other_cfg, 2, 8, 4, 1.5)]
+    for i, (mods, c, B, H, W, scale) in enumerate(configs):
+        shapes = skip_shapes(c, B, H, W)
+        feats = [ctx.randn(*s, offset=100 * i + k) for k, s in enumerate(shapes)]
+        mid = ctx.randn(*shapes[-1], offset=100 * i + 99)
         label = f"{len(feats)} features for a latent {(B, H, W)}, conditioning_scale {scale}"
-        got = _call_then(fn, "control_residuals", _flatten_pair, 5, feats, mid, convs, mid_conv, scale,
-                         forbidden=FORBID_RESIDUALS, case=label)
-        down, got_mid = _unflatten_pair(got, "control_residuals", len(exp_down))
-        with torch.no_grad():
-            raw_down = [c(f) for f, c in zip(feats, convs)]
-            for k, (g_, e_) in enumerate(zip(down, exp_down)):
-                assert_close(g_, e_, name=f"control_residuals down residual {k} of {label}", variants={
-                    "conditioning_scale not applied to the down residuals": raw_down[k],
-                    "the zero convolution of the previous skip (pairs shifted by one)":
-                        convs[k - 1](feats[k]) * scale if k > 0 and convs[k - 1].in_channels == feats[k].shape[1] else None,
-                })
-            assert_close(got_mid, exp_mid, name=f"control_residuals mid residual of {label}", variants={
-                "conditioning_scale not applied to the mid residual": mid_conv(mid),
-                "the last down zero convolution used for the mid block": convs[-1](mid) * scale,
+        yield Case(label, (feats, mid, mods["down_blocks"], mods["mid_block"], scale),
+                   invoke=harness("control_residuals", copied))
+
+
+def _residuals_judge(case: Case, got) -> None:
+    feats, mid, convs, mid_conv, scale = case.args
+    exp_down, exp_mid = ref.control_residuals(feats, mid, convs, mid_conv, scale)
+    down, got_mid = _pair(got, "control_residuals", len(exp_down))
+    with torch.no_grad():
+        for k, (g_, e_) in enumerate(zip(down, exp_down)):
+            assert_close(g_, e_, name=f"control_residuals down residual {k} of {case.label}", variants={
+                "conditioning_scale not applied to the down residuals": lambda k=k: convs[k](feats[k]),
+                "the zero convolution of the previous skip (pairs shifted by one)":
+                    (lambda k=k: convs[k - 1](feats[k]) * scale)
+                    if k > 0 and convs[k - 1].in_channels == feats[k].shape[1] else None,
             })
-    return passed("control_residuals", len(cases), source, hidden)
+        assert_close(got_mid, exp_mid, name=f"control_residuals mid residual of {case.label}", variants={
+            "conditioning_scale not applied to the mid residual": lambda: mid_conv(mid),
+            "the last down zero convolution used for the mid block":
+                (lambda: convs[-1](mid) * scale) if convs[-1].in_channels == mid.shape[1] else None,
+        })
 
 
 # ---------------------------------------------------------------- 6. the ControlNet forward
-def _controlnet_variant(controlnet, *args, no_cond: bool = False):
+def _controlnet_without_image(controlnet, *args):
+    import copy
+
     model = copy.deepcopy(controlnet)
-    if no_cond:
-        model.controlnet_cond_embedding.forward = lambda c: torch.zeros((), device=c.device)
+    model.controlnet_cond_embedding.forward = lambda c: torch.zeros((), device=c.device)
     return ref.controlnet_forward(model, *args)
 
 
-def _inputs(model, B, H, W, seed, dev, cond_factor=None):
+def _inputs(ctx: Context, model, B, H, W, offset, cond_factor=None):
     cfg = model.config
-    sample = randn(B, cfg.in_channels, H, W, seed=seed, dev=dev)
-    t = torch.randint(0, 1000, (B,), generator=generator(seed + 1)).to(dev)
-    text = randn(B, 5 + B, cfg.cross_attention_dim, seed=seed + 2, dev=dev)
+    sample = ctx.randn(B, cfg.in_channels, H, W, offset=offset)
+    t = ctx.randint(0, 1000, (B,), offset=offset + 1)
+    text = ctx.randn(B, 5 + B, cfg.cross_attention_dim, offset=offset + 2)
     if cond_factor is None:
         return sample, t, text
-    cond = torch.rand(B, 3, H * cond_factor, W * cond_factor, generator=generator(seed + 3)).to(dev)
+    cond = ctx.rand(B, 3, H * cond_factor, W * cond_factor, offset=offset + 3)
     return sample, t, text, cond
 
 
-def _check_controlnet_forward(fn, hidden: bool) -> str:
-    dev, seed = device_for(hidden), seed_for(hidden)
-    model, source = weights.get("controlnet_model", dev, standin=True)
-    factor = 2 ** (len(model.config.conditioning_embedding_out_channels) - 1)
-    cases = [(2, 8, 12, 0.8), (3, 4, 16, 1.3)] if hidden else [(1, 8, 8, 0.5)]
-    for i, (B, H, W, scale) in enumerate(cases):
-        sample, t, text, cond = _inputs(model, B, H, W, seed + 10 * i, dev, factor)
-        exp_down, exp_mid = ref.controlnet_forward(model, sample, t, text, cond, scale)
+def _forward_cases(ctx: Context):
+    model = _standin(ctx, "controlnet_model")
+    import copy
+
+    other = copy.deepcopy(_other_controlnet_cached()).to(ctx.device)
+    configs = ([(model, 2, 8, 12, 0.8), (model, 3, 4, 16, 1.3), (other, 2, 6, 10, 0.45)] if ctx.hidden
+               else [(model, 1, 8, 8, 0.5), (other, 1, 4, 4, 1.2)])
+    for i, (net, B, H, W, scale) in enumerate(configs):
+        factor = 2 ** (len(net.config.conditioning_embedding_out_channels) - 1)
+        sample, t, text, cond = _inputs(ctx, net, B, H, W, 10 * i, factor)
         label = f"latent {tuple(sample.shape)}, control image {tuple(cond.shape)}, t {t.tolist()}, scale {scale}"
-        got = _call_then(fn, "controlnet_forward", _flatten_pair, 6, model, sample, t, text, cond, scale,
-                         forbidden=FORBID_FORWARD, case=label)
-        down, got_mid = _unflatten_pair(got, "controlnet_forward", len(exp_down))
-        no_cond = functools.lru_cache(maxsize=1)(
-            lambda: _controlnet_variant(model, sample, t, text, cond, scale, no_cond=True))
-        for k, (g_, e_) in enumerate(zip(down, exp_down)):
-            assert_close(g_, e_, name=f"controlnet_forward down residual {k} for {label}", variants={
-                "the control image left out (no conditioning embedding added to conv_in's output)":
-                    lambda k=k: no_cond()[0][k],
-            })
-        assert_close(got_mid, exp_mid, name=f"controlnet_forward mid residual for {label}", variants={
-            "the control image left out (no conditioning embedding added to conv_in's output)": lambda: no_cond()[1],
+        if net is not model:
+            label += f" (a ControlNet with {len(net.config.block_out_channels)} levels, 1 resnet each)"
+        yield Case(label, (net, sample, t, text, cond, scale))
+
+
+def _forward_judge(case: Case, got) -> None:
+    net = case.args[0]
+    exp_down, exp_mid = ref.controlnet_forward(*case.args)
+    down, mid = _pair(got, "controlnet_forward", len(exp_down))
+    no_cond = functools.lru_cache(maxsize=1)(lambda: _controlnet_without_image(net, *case.args[1:]))
+    for k, (g_, e_) in enumerate(zip(down, exp_down)):
+        assert_close(g_, e_, name=f"controlnet_forward down residual {k} for {case.label}", variants={
+            "the control image left out (no conditioning embedding added to conv_in's output)":
+                lambda k=k: no_cond()[0][k],
         })
-    return passed("controlnet_forward", len(cases), _ByDesign(source), hidden)
+    assert_close(mid, exp_mid, name=f"controlnet_forward mid residual for {case.label}", variants={
+        "the control image left out (no conditioning embedding added to conv_in's output)": lambda: no_cond()[1],
+    })
 
 
 # ---------------------------------------------------------------- 7. the UNet with control
@@ -457,32 +586,39 @@ def _plain_unet(unet, sample, t, text):
         return unet(sample, t, text).sample
 
 
-def _check_unet_with_control(fn, hidden: bool) -> str:
-    dev, seed = device_for(hidden), seed_for(hidden)
-    unet, source = weights.get("controlnet_sd15_unet_model", dev, standin=True)
-    cases = [(2, 8, 12, 0.8), (3, 12, 4, 1.6)] if hidden else [(1, 8, 8, 0.5)]
-    for i, (B, H, W, scale) in enumerate(cases):
-        s = seed + 10 * i
-        sample, t, text = _inputs(unet, B, H, W, s, dev)
-        shapes = skip_shapes(unet.config, B, H, W)
-        down = [randn(*sh, seed=s + 20 + k, dev=dev) for k, sh in enumerate(shapes)]
-        mid = randn(*shapes[-1], seed=s + 19, dev=dev)
-        expected = ref.unet_with_control(unet, sample, t, text, down, mid, scale)
+def _unet_cases(ctx: Context):
+    unet = _standin(ctx, "controlnet_sd15_unet_model")
+    other = _other_unet("sd", ctx.device)
+    configs = ([(unet, 2, 8, 12, 0.8), (unet, 3, 12, 4, 1.6), (other, 2, 6, 10, 0.3)] if ctx.hidden
+               else [(unet, 1, 8, 8, 0.5), (other, 1, 4, 4, 1.4)])
+    for i, (model, B, H, W, scale) in enumerate(configs):
+        s = 100 * i
+        sample, t, text = _inputs(ctx, model, B, H, W, s)
+        shapes = skip_shapes(model.config, B, H, W)
+        down = [ctx.randn(*sh, offset=s + 20 + k) for k, sh in enumerate(shapes)]
+        mid = ctx.randn(*shapes[-1], offset=s + 19)
         label = f"latent {tuple(sample.shape)}, t {t.tolist()}, conditioning_scale {scale}"
-        got = call(fn, "unet_with_control", unet, sample, t, text, down, mid, scale, forbidden=FORBID_UNET, case=label)
-        assert_close(got, expected, name=f"unet_with_control on {label}", variants={
-            "no residuals at all (the UNet on its own)": lambda: _plain_unet(unet, sample, t, text),
-            "the mid residual added before the mid block instead of after it":
-                lambda: _mid_before(unet, sample, t, text, down, mid, scale),
-            "the residuals added inside the encoder (so they also flow into the deeper blocks), "
-            "not only to the skips": lambda: _in_path(unet, sample, t, text, down, mid, scale),
-            "the mid residual left out": lambda: ref.unet_with_control(unet, sample, t, text, down, mid * 0, scale),
-            "the residuals not multiplied by conditioning_scale":
-                lambda: ref.unet_with_control(unet, sample, t, text, down, mid, 1.0),
-            "conditioning_scale applied to the mid residual only":
-                lambda: ref.unet_with_control(unet, sample, t, text, [r / scale for r in down], mid, scale),
-        })
-    return passed("unet_with_control", len(cases), _ByDesign(source), hidden)
+        if model is not unet:
+            label += f" (a UNet with {len(model.config.block_out_channels)} levels, 1 resnet each)"
+        yield Case(label, (model, sample, t, text, down, mid, scale),
+                   invoke=harness("unet_with_control", copied))
+
+
+def _unet_judge(case: Case, got) -> None:
+    unet, sample, t, text, down, mid, scale = case.args
+    expected = ref.unet_with_control(*case.args)
+    assert_close(got, expected, name=f"unet_with_control on {case.label}", variants={
+        "no residuals at all (the UNet on its own)": lambda: _plain_unet(unet, sample, t, text),
+        "the mid residual added before the mid block instead of after it":
+            lambda: _mid_before(unet, sample, t, text, down, mid, scale),
+        "the residuals added inside the encoder (so they also flow into the deeper blocks), "
+        "not only to the skips": lambda: _in_path(unet, sample, t, text, down, mid, scale),
+        "the mid residual left out": lambda: ref.unet_with_control(unet, sample, t, text, down, mid * 0, scale),
+        "the residuals not multiplied by conditioning_scale":
+            lambda: ref.unet_with_control(unet, sample, t, text, down, mid, 1.0),
+        "conditioning_scale applied to the mid residual only":
+            lambda: ref.unet_with_control(unet, sample, t, text, [r / scale for r in down], mid, scale),
+    })
 
 
 def _mid_before(unet, sample, t, text, down, mid, scale):
@@ -515,9 +651,12 @@ def _in_path(unet, sample, t, text, down, mid, scale):
             h.remove()
 
 
-EXERCISES = build(
-    ("zero_conv", 1, _check_zero_conv), ("conv1x1_backward", 2, _check_backward),
-    ("controlnet_from_unet", 3, _check_from_unet), ("conditioning_embedding", 2, _check_cond_embedding),
-    ("control_residuals", 2, _check_residuals), ("controlnet_forward", 3, _check_controlnet_forward),
-    ("unet_with_control", 3, _check_unet_with_control),
+EXERCISES = exercises(
+    Exercise("zero_conv", 1, _zero_conv_cases, _zero_conv_judge, FORBID_ZERO),
+    Exercise("conv1x1_backward", 2, _backward_cases, _backward_judge, FORBID_BACKWARD),
+    Exercise("controlnet_from_unet", 3, _from_unet_cases, _from_unet_judge, FORBID_FROM_UNET),
+    Exercise("conditioning_embedding", 2, _embed_cases, _embed_judge, FORBID_EMBED),
+    Exercise("control_residuals", 2, _residuals_cases, _residuals_judge, FORBID_RESIDUALS),
+    Exercise("controlnet_forward", 3, _forward_cases, _forward_judge, FORBID_FORWARD),
+    Exercise("unet_with_control", 3, _unet_cases, _unet_judge, FORBID_UNET),
 )

@@ -1,5 +1,8 @@
 """Lesson 2 (ControlNet in practice): public checks and hidden tests for every exercise.
 
+Each exercise: ``cases`` (inputs from the context's seed; runs beside the student's code, so
+no reference there) and ``judge`` (reference + comparison; trusted side only).
+
 Public checks: fixed small inputs on the CPU. Hidden tests: a seed drawn at grading time,
 other image sizes (non-square), other thresholds, batches, missing keypoints, more ControlNets,
 other schedules, and the GPU when there is one. The stacking check runs on the tiny
@@ -14,14 +17,11 @@ import functools
 import numpy as np
 import torch
 
-from .. import weights
 from ..compare import assert_close
-from ..exercise import call
 from ..reference import controlnet_in_practice as ref
-from ..runtime import generator, randn
 from ..weights.resolve import reinitialise_
-from . import build, device_for, passed, seed_for
-from .controlnet import _ByDesign, _call_then, _flatten_pair, _unflatten_pair
+from . import Case, Context, Exercise, exercises
+from .controlnet import _pair, _standin, copied, harness
 
 LESSON = "02_controlnet_in_practice"
 
@@ -58,7 +58,7 @@ def scene(seed: int, height: int, width: int) -> np.ndarray:
 
 def depth_scene(seed: int, batch: int, height: int, width: int, dev=None) -> torch.Tensor:
     """Metric depth (B, H, W) in metres: a floor receding to the horizon and a few spheres."""
-    g = generator(seed)
+    g = torch.Generator("cpu").manual_seed(seed)
     rows = torch.linspace(0.0, 1.0, height)[:, None].expand(height, width)
     cols = torch.linspace(0.0, 1.0, width)[None, :].expand(height, width)
     out = []
@@ -85,7 +85,7 @@ TEMPLATE = [(0.50, 0.15), (0.50, 0.26), (0.40, 0.26), (0.35, 0.41), (0.32, 0.55)
 def skeleton(seed: int, height: int, width: int, missing: int = 0) -> torch.Tensor:
     """Keypoints (18, 2) float64: the template, jittered, snapped to a quarter pixel past a pixel
     corner (so every renderer's int() agrees in float32 and float64), ``missing`` of them NaN."""
-    g = generator(seed)
+    g = torch.Generator("cpu").manual_seed(seed)
     k = torch.tensor(TEMPLATE, dtype=torch.float64)
     k = k + (torch.rand(18, 2, generator=g, dtype=torch.float64) - 0.5) * 0.06
     k = (k - 0.5) * (0.8 + 0.3 * torch.rand((), generator=g, dtype=torch.float64)) + 0.5
@@ -105,21 +105,22 @@ def _gray_canny(image, low, high):
     return torch.from_numpy(np.stack([edges] * 3))[None].float() / 255.0
 
 
-def _check_canny(fn, hidden: bool) -> str:
-    seed = seed_for(hidden)
-    cases = [(48, 80, 100, 200), (64, 40, 50, 150), (24, 24, 150, 250)] if hidden else [(64, 64, 100, 200)]
-    for i, (H, W, low, high) in enumerate(cases):
-        image = scene(seed + i, H, W)
-        expected = ref.canny_control_image(image, low, high)
-        label = f"a {H}x{W} RGB image, thresholds {low}/{high}"
-        got = call(fn, "canny_control_image", image.copy(), low, high, forbidden=FORBID_PROCESSOR, case=label)
-        assert_close(got, expected, name=f"canny_control_image on {label}", check_device=False, variants={
-            "Canny run on a grayscale copy (the annotators run it on the RGB image)":
-                lambda image=image, low=low, high=high: _gray_canny(image, low, high),
-            "black edges on white (inverted)": 1.0 - expected,
-            "values left in [0, 255]": expected * 255.0,
-        })
-    return passed("canny_control_image", len(cases), None, hidden)
+def _canny_cases(ctx: Context):
+    configs = [(48, 80, 100, 200), (64, 40, 50, 150), (24, 24, 150, 250)] if ctx.hidden else [(64, 64, 100, 200)]
+    for i, (H, W, low, high) in enumerate(configs):
+        image = scene((ctx.seed + i) % 2 ** 32, H, W)
+        yield Case(f"a {H}x{W} RGB image, thresholds {low}/{high}", (image, low, high),
+                   invoke=harness("canny_control_image", copied))
+
+
+def _canny_judge(case: Case, got) -> None:
+    image, low, high = case.args
+    expected = ref.canny_control_image(image, low, high)
+    assert_close(got, expected, name=f"canny_control_image on {case.label}", check_device=False, variants={
+        "Canny run on a grayscale copy (the annotators run it on the RGB image)": lambda: _gray_canny(image, low, high),
+        "black edges on white (inverted)": 1.0 - expected,
+        "values left in [0, 255]": expected * 255.0,
+    })
 
 
 # ---------------------------------------------------------------- 2. depth control image
@@ -136,23 +137,20 @@ def _depth_variant(depth, *, lo=0.02, hi=0.85, invert=True, clip=True, per_image
     return x[:, None].repeat(1, 3, 1, 1).float()
 
 
-def _check_depth(fn, hidden: bool) -> str:
-    dev, seed = device_for(hidden), seed_for(hidden)
-    cases = [(2, 24, 40), (3, 16, 16), (1, 40, 24)] if hidden else [(2, 32, 32)]
-    for i, (B, H, W) in enumerate(cases):
-        depth = depth_scene(seed + i, B, H, W, dev)
-        expected = ref.depth_control_image(depth)
-        label = f"depth {(B, H, W)}"
-        got = call(fn, "depth_control_image", depth, forbidden=FORBID_DEPTH, case=label)
-        assert_close(got, expected, name=f"depth_control_image on {label}", variants={
-            "far bright and near dark (not inverted)": lambda depth=depth: _depth_variant(depth, invert=False),
-            "min-max normalisation instead of the 2nd/85th percentiles":
-                lambda depth=depth: _depth_variant(depth, minmax=True),
-            "no clipping to [0, 1]": lambda depth=depth: _depth_variant(depth, clip=False),
-            "percentiles over the whole batch instead of per image":
-                lambda depth=depth: _depth_variant(depth, per_image=False),
-        })
-    return passed("depth_control_image", len(cases), None, hidden)
+def _depth_cases(ctx: Context):
+    configs = [(2, 24, 40), (3, 16, 16), (1, 40, 24)] if ctx.hidden else [(2, 32, 32)]
+    for i, (B, H, W) in enumerate(configs):
+        yield Case(f"depth {(B, H, W)}", (depth_scene((ctx.seed + i) % 2 ** 62, B, H, W, ctx.device),))
+
+
+def _depth_judge(case: Case, got) -> None:
+    (depth,) = case.args
+    assert_close(got, ref.depth_control_image(depth), name=f"depth_control_image on {case.label}", variants={
+        "far bright and near dark (not inverted)": lambda: _depth_variant(depth, invert=False),
+        "min-max normalisation instead of the 2nd/85th percentiles": lambda: _depth_variant(depth, minmax=True),
+        "no clipping to [0, 1]": lambda: _depth_variant(depth, clip=False),
+        "percentiles over the whole batch instead of per image": lambda: _depth_variant(depth, per_image=False),
+    })
 
 
 # ---------------------------------------------------------------- 3. OpenPose skeleton
@@ -180,38 +178,34 @@ def _pose_variant(keypoints, H, W, *, dim=True, joints_first=False, bgr=False, s
     return torch.from_numpy(canvas).permute(2, 0, 1)[None].float().div(255.0)
 
 
-def _check_pose(fn, hidden: bool) -> str:
-    dev, seed = device_for(hidden), seed_for(hidden)
-    cases = [(64, 128, 0), (128, 64, 2), (32, 64, 1)] if hidden else [(64, 64, 0)]
-    for i, (H, W, missing) in enumerate(cases):
-        k = skeleton(seed + i, H, W, missing).to(dev)
-        expected = ref.openpose_image(k, H, W)
-        label = f"{H}x{W} canvas, {18 - missing} of 18 keypoints"
-        got = call(fn, "openpose_image", k, H, W, forbidden=FORBID_POSE, case=label)
-        assert_close(got, expected, name=f"openpose_image on a {label}", variants={
-            "the colours in BGR order (OpenCV's habit; the annotators' canvas is RGB)":
-                lambda k=k, H=H, W=W: _pose_variant(k, H, W, bgr=True).to(expected.device),
-            "limbs at full colour (the annotators draw them at 60%)":
-                lambda k=k, H=H, W=W: _pose_variant(k, H, W, dim=False).to(expected.device),
-            "the joints drawn first and the limbs over them":
-                lambda k=k, H=H, W=W: _pose_variant(k, H, W, joints_first=True).to(expected.device),
-            "x and y swapped": lambda k=k, H=H, W=W: _pose_variant(k, H, W, swap_xy=True).to(expected.device),
-        })
-    return passed("openpose_image", len(cases), None, hidden)
+def _pose_cases(ctx: Context):
+    configs = [(64, 128, 0), (128, 64, 2), (32, 64, 1)] if ctx.hidden else [(64, 64, 1)]
+    for i, (H, W, missing) in enumerate(configs):
+        k = skeleton((ctx.seed + i) % 2 ** 62, H, W, missing).to(ctx.device)
+        yield Case(f"{H}x{W} canvas, {18 - missing} of 18 keypoints", (k, H, W))
+
+
+def _pose_judge(case: Case, got) -> None:
+    k, H, W = case.args
+    expected = ref.openpose_image(k, H, W)
+    dev = expected.device
+    assert_close(got, expected, name=f"openpose_image on a {case.label}", variants={
+        "the colours in BGR order (OpenCV's habit; the annotators' canvas is RGB)":
+            lambda: _pose_variant(k, H, W, bgr=True).to(dev),
+        "limbs at full colour (the annotators draw them at 60%)": lambda: _pose_variant(k, H, W, dim=False).to(dev),
+        "the joints drawn first and the limbs over them": lambda: _pose_variant(k, H, W, joints_first=True).to(dev),
+        "x and y swapped": lambda: _pose_variant(k, H, W, swap_xy=True).to(dev),
+    })
 
 
 # ---------------------------------------------------------------- 4. stacking ControlNets
 @functools.lru_cache(maxsize=4)
 def _other_controlnet(seed: int):
+    from .. import weights
+
     net, _ = weights.get("controlnet_model", standin=True)
     reinitialise_(net, seed)
     return net
-
-
-def _nets(n: int, dev):
-    base, source = weights.get("controlnet_model", dev, standin=True)
-    others = [copy.deepcopy(_other_controlnet(7 + k)).to(dev) for k in range(n - 1)]
-    return [base] + others, source
 
 
 def _multi_variant(nets, sample, t, text, images, scales, *, combine="sum", scale=True):
@@ -225,34 +219,38 @@ def _multi_variant(nets, sample, t, text, images, scales, *, combine="sum", scal
     return down, mid
 
 
-def _check_multi(fn, hidden: bool) -> str:
-    dev, seed = device_for(hidden), seed_for(hidden)
-    cases = [(2, 8, 12, (0.7, 1.3)), (1, 4, 8, (0.5, 0.0, 1.2))] if hidden else [(1, 8, 8, (1.0, 0.5))]
-    for i, (B, H, W, scales) in enumerate(cases):
-        nets, source = _nets(len(scales), dev)
-        factor = 2 ** (len(nets[0].config.conditioning_embedding_out_channels) - 1)
-        s = seed + 10 * i
-        sample = randn(B, nets[0].config.in_channels, H, W, seed=s, dev=dev)
-        t = torch.randint(0, 1000, (B,), generator=generator(s + 1)).to(dev)
-        text = randn(B, 6, nets[0].config.cross_attention_dim, seed=s + 2, dev=dev)
-        images = [torch.rand(B, 3, H * factor, W * factor, generator=generator(s + 3 + k)).to(dev)
-                  for k in range(len(scales))]
-        exp_down, exp_mid = ref.multi_controlnet_residuals(nets, sample, t, text, images, scales)
+def _multi_cases(ctx: Context):
+    configs = ([(2, 8, 12, (0.7, 1.3)), (1, 4, 8, (0.5, 0.0, 1.2)), (3, 8, 4, (1.0, 0.25))] if ctx.hidden
+               else [(1, 8, 8, (1.0, 0.5))])
+    for i, (B, H, W, scales) in enumerate(configs):
+        base = _standin(ctx, "controlnet_model")
+        nets = [base] + [copy.deepcopy(_other_controlnet(7 + k)).to(ctx.device) for k in range(len(scales) - 1)]
+        cfg = nets[0].config
+        factor = 2 ** (len(cfg.conditioning_embedding_out_channels) - 1)
+        s = 10 * i
+        sample = ctx.randn(B, cfg.in_channels, H, W, offset=s)
+        t = ctx.randint(0, 1000, (B,), offset=s + 1)
+        text = ctx.randn(B, 6, cfg.cross_attention_dim, offset=s + 2)
+        images = [ctx.rand(B, 3, H * factor, W * factor, offset=s + 3 + k) for k in range(len(scales))]
         label = f"{len(nets)} ControlNets, scales {list(scales)}, latent {tuple(sample.shape)}"
-        got = _call_then(fn, "multi_controlnet_residuals", _flatten_pair, 6, nets, sample, t, text, images,
-                         list(scales), forbidden=FORBID_MULTI, case=label)
-        down, mid = _unflatten_pair(got, "multi_controlnet_residuals", len(exp_down))
-        unscaled = functools.lru_cache(maxsize=1)(lambda: _multi_variant(nets, sample, t, text, images, scales,
-                                                                         scale=False))
-        mean = functools.lru_cache(maxsize=1)(lambda: _multi_variant(nets, sample, t, text, images, scales,
-                                                                     combine="mean"))
-        for k, (g_, e_) in enumerate(zip(down + [mid], exp_down + [exp_mid])):
-            which = "mid residual" if k == len(down) else f"down residual {k}"
-            assert_close(g_, e_, name=f"multi_controlnet_residuals {which} for {label}", variants={
-                "each net's residuals summed without its conditioning scale": lambda k=k: (unscaled()[0] + [unscaled()[1]])[k],
-                "the residuals averaged instead of summed": lambda k=k: (mean()[0] + [mean()[1]])[k],
-            })
-    return passed("multi_controlnet_residuals", len(cases), _ByDesign(source), hidden)
+        yield Case(label, (nets, sample, t, text, images, list(scales)),
+                   invoke=harness("multi_controlnet_residuals", copied))
+
+
+def _multi_judge(case: Case, got) -> None:
+    nets, sample, t, text, images, scales = case.args
+    exp_down, exp_mid = ref.multi_controlnet_residuals(nets, sample, t, text, images, scales)
+    down, mid = _pair(got, "multi_controlnet_residuals", len(exp_down))
+    unscaled = functools.lru_cache(maxsize=1)(lambda: _multi_variant(nets, sample, t, text, images, scales,
+                                                                     scale=False))
+    mean = functools.lru_cache(maxsize=1)(lambda: _multi_variant(nets, sample, t, text, images, scales,
+                                                                 combine="mean"))
+    for k, (g_, e_) in enumerate(zip(down + [mid], exp_down + [exp_mid])):
+        which = "mid residual" if k == len(down) else f"down residual {k}"
+        assert_close(g_, e_, name=f"multi_controlnet_residuals {which} for {case.label}", variants={
+            "each net's residuals summed without its conditioning scale": lambda k=k: (unscaled()[0] + [unscaled()[1]])[k],
+            "the residuals averaged instead of summed": lambda k=k: (mean()[0] + [mean()[1]])[k],
+        })
 
 
 # ---------------------------------------------------------------- 5. the control schedule
@@ -264,51 +262,55 @@ def _schedule_variant(T, scales, starts, ends, *, start_shift=0, end_shift=0):
     return torch.tensor(rows, dtype=torch.float32)
 
 
-def _check_schedule(fn, hidden: bool) -> str:
-    seed = seed_for(hidden)
-    if hidden:
-        g = generator(seed)
-        r = torch.rand(6, generator=g).tolist()
-        cases = [(25, [0.8, 1.2, 0.5], [0.1, 0.0, 0.32], [0.6, 1.0, 0.88]),
-                 (10, [1.0, 0.7], [0.2, 0.0], [0.7, 0.3]),               # boundaries i/T == start, (i+1)/T == end
-                 (7, [round(0.5 + r[0], 3)], [round(0.4 * r[1], 3)], [round(0.6 + 0.4 * r[2], 3)]),
-                 (50, [1.0, round(0.3 + r[3], 3)], [0.0, 0.5], [0.5, 1.0])]
+def _schedule_cases(ctx: Context):
+    if ctx.hidden:
+        r = torch.rand(6, generator=ctx.generator(0)).tolist()
+        configs = [(25, [0.8, 1.2, 0.5], [0.1, 0.0, 0.32], [0.6, 1.0, 0.88]),
+                   (10, [1.0, 0.7], [0.2, 0.0], [0.7, 0.3]),               # boundaries i/T == start, (i+1)/T == end
+                   (7, [round(0.5 + r[0], 3)], [round(0.4 * r[1], 3)], [round(0.6 + 0.4 * r[2], 3)]),
+                   (50, [1.0, round(0.3 + r[3], 3)], [0.0, 0.5], [0.5, 1.0])]
     else:
-        cases = [(8, [1.0, 0.5], [0.0, 0.25], [0.75, 1.0])]
-    for T, scales, starts, ends in cases:
-        expected = ref.control_schedule(T, scales, starts, ends)
-        label = f"{T} steps, scales {scales}, start {starts}, end {ends}"
-        got = call(fn, "control_schedule", T, list(scales), list(starts), list(ends), forbidden=FORBID_SCHEDULE,
-                   case=label)
-        assert_close(got, expected, name=f"control_schedule for {label}", check_device=False, variants={
-            "each step judged by its end, (i+1)/T, against the start (one step too late)":
-                _schedule_variant(T, scales, starts, ends, start_shift=1),
-            "each step judged by its start, i/T, against the end (one step too long)":
-                _schedule_variant(T, scales, starts, ends, end_shift=-1),
-            "the keep mask without the conditioning scales": _schedule_variant(T, [1.0] * len(scales), starts, ends),
-        })
-    return passed("control_schedule", len(cases), None, hidden)
+        configs = [(8, [1.0, 0.5], [0.0, 0.25], [0.75, 1.0])]
+    for T, scales, starts, ends in configs:
+        yield Case(f"{T} steps, scales {scales}, start {starts}, end {ends}", (T, scales, starts, ends),
+                   invoke=harness("control_schedule", copied))
+
+
+def _schedule_judge(case: Case, got) -> None:
+    T, scales, starts, ends = case.args
+    assert_close(got, ref.control_schedule(T, scales, starts, ends), name=f"control_schedule for {case.label}",
+                 check_device=False, variants={
+                     "each step judged by its end, (i+1)/T, against the start (one step too late)":
+                         _schedule_variant(T, scales, starts, ends, start_shift=1),
+                     "each step judged by its start, i/T, against the end (one step too long)":
+                         _schedule_variant(T, scales, starts, ends, end_shift=-1),
+                     "the keep mask without the conditioning scales":
+                         _schedule_variant(T, [1.0] * len(scales), starts, ends),
+                 })
 
 
 # ---------------------------------------------------------------- 6. guess mode's ramp
-def _check_guess(fn, hidden: bool) -> str:
-    cases = [(9, 0.7), (3, 2.0), (15, 1.0)] if hidden else [(12, 1.0)]
-    for n, scale in cases:
-        expected = ref.guess_mode_scales(n, scale)
-        label = f"{n} down residuals, conditioning_scale {scale}"
-        got = call(fn, "guess_mode_scales", n, scale, forbidden=FORBID_GUESS, case=label)
-        assert_close(got, expected, name=f"guess_mode_scales for {label}", check_device=False, variants={
-            "a linear ramp from 0.1 to 1 (the ramp is geometric: logspace)":
-                torch.linspace(0.1, 1.0, n + 1) * scale,
-            "the ramp reversed (deep residuals damped, shallow ones kept)": expected.flip(0),
-            "a ramp of n values with the mid residual appended at full scale":
-                torch.cat([torch.logspace(-1, 0, n) * scale, torch.tensor([scale])]),
-        })
-    return passed("guess_mode_scales", len(cases), None, hidden)
+def _guess_cases(ctx: Context):
+    for n, scale in ([(9, 0.7), (3, 2.0), (15, 1.0)] if ctx.hidden else [(12, 0.5)]):
+        yield Case(f"{n} down residuals, conditioning_scale {scale}", (n, scale))
 
 
-EXERCISES = build(
-    ("canny_control_image", 2, _check_canny), ("depth_control_image", 2, _check_depth),
-    ("openpose_image", 3, _check_pose), ("multi_controlnet_residuals", 2, _check_multi),
-    ("control_schedule", 2, _check_schedule), ("guess_mode_scales", 1, _check_guess),
+def _guess_judge(case: Case, got) -> None:
+    n, scale = case.args
+    expected = ref.guess_mode_scales(n, scale)
+    assert_close(got, expected, name=f"guess_mode_scales for {case.label}", check_device=False, variants={
+        "a linear ramp from 0.1 to 1 (the ramp is geometric: logspace)": torch.linspace(0.1, 1.0, n + 1) * scale,
+        "the ramp reversed (deep residuals damped, shallow ones kept)": expected.flip(0),
+        "a ramp of n values with the mid residual appended at full scale":
+            torch.cat([torch.logspace(-1, 0, n) * scale, torch.tensor([scale])]),
+    })
+
+
+EXERCISES = exercises(
+    Exercise("canny_control_image", 2, _canny_cases, _canny_judge, FORBID_PROCESSOR),
+    Exercise("depth_control_image", 2, _depth_cases, _depth_judge, FORBID_DEPTH),
+    Exercise("openpose_image", 3, _pose_cases, _pose_judge, FORBID_POSE),
+    Exercise("multi_controlnet_residuals", 2, _multi_cases, _multi_judge, FORBID_MULTI),
+    Exercise("control_schedule", 2, _schedule_cases, _schedule_judge, FORBID_SCHEDULE),
+    Exercise("guess_mode_scales", 1, _guess_cases, _guess_judge, FORBID_GUESS),
 )

@@ -1,8 +1,12 @@
 """Lesson 3 (IP-Adapter): public checks and hidden tests for every exercise.
 
+Each exercise: ``cases`` (inputs from the context's seed; runs beside the student's code, so
+no reference there) and ``judge`` (reference + comparison; trusted side only).
+
 Public checks: fixed small inputs on the CPU, the stand-in UNet for the UNet-level checks.
-Hidden tests: a seed drawn at grading time, other batch sizes, token counts, widths and
-UNet layouts (two transformer layers per block; SD1.5's and SDXL's real layouts on the meta
+Hidden tests: a seed drawn at grading time, other batch sizes, token counts, widths, head
+counts (attentions whose inner width differs from their query width) and UNet layouts (two
+transformer layers per block; SD1.5's and SDXL's real layouts on the meta
 device), the real ``h94/IP-Adapter`` + SD1.5 weights when both are present, and the GPU
 when there is one.
 """
@@ -16,13 +20,12 @@ import torch
 import torch.nn.functional as F
 
 from .. import weights
-from ..compare import assert_close
-from ..exercise import call
-from ..reference import ip_adapter as ref
-from ..runtime import generator, randn
 from ..checkpoints.ip_adapter import _ipa_standin_state_dict
+from ..compare import ComparisonError, assert_close
+from ..reference import ip_adapter as ref
 from ..weights.resolve import reinitialise_
-from . import build, device_for, passed, seed_for
+from . import Case, Context, Exercise, exercises
+from .controlnet import harness
 
 LESSON = "03_ip_adapter"
 
@@ -57,20 +60,30 @@ TWO_LAYER_UNET = dict(
 )
 
 
+#: The public check's layout with two transformer blocks per attention (hidden tests use TWO_LAYER_UNET).
+PUBLIC_TWO_LAYER_UNET = dict(
+    block_out_channels=(8, 16), layers_per_block=1, cross_attention_dim=6, attention_head_dim=2,
+    transformer_layers_per_block=(2, 2), norm_num_groups=4, in_channels=4, out_channels=4, sample_size=8,
+    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+)
+
+
 @functools.lru_cache(maxsize=4)
 def _meta_unet(layout: str):
     """A UNet at a real layout on the meta device (no memory): only its processor layout is used."""
     from diffusers import UNet2DConditionModel
 
-    cfg = weights.CHECKPOINTS["ip_adapter_sd15_unet"].real_config if layout == "sd15" else SDXL_UNET
+    cfg = {"sd15": weights.CHECKPOINTS["ip_adapter_sd15_unet"].real_config, "sdxl": SDXL_UNET,
+           "two": PUBLIC_TWO_LAYER_UNET}[layout]
     with torch.device("meta"):
         return UNet2DConditionModel(**cfg)
 
 
-def _passed(name: str, n: int, sources=(), hidden: bool = False) -> str:
-    """``passed`` with the banner of each checkpoint used (the adapter and its UNet)."""
-    banners = sorted({s.banner() for s in sources if s is not None})
-    return passed(name, n, None, hidden) + "".join(f" [{b}]" for b in banners)
+def _note(ctx: Context, sources) -> None:
+    """Name each checkpoint used (the adapter and its UNet) in the pass line's banner."""
+    for source in sources:
+        if source is not None and source.banner() not in [s.banner() for s in ctx.sources]:
+            ctx.sources.append(source)
 
 
 # ---------------------------------------------------------------- weights: a UNet and its adapter, as a pair
@@ -128,27 +141,29 @@ def _proj_variants(e, w, b, nw, nb):
     }
 
 
-def _check_projection(fn, hidden: bool) -> str:
-    dev, seed = device_for(hidden), seed_for(hidden)
-    proj, source = weights.get("ip_adapter_image_proj", dev)
-    w, b = proj.proj.weight.detach().float(), proj.proj.bias.detach().float()
-    nw, nb = proj.norm.weight.detach().float(), proj.norm.bias.detach().float()
-    if hidden:
-        def rand(T, C, E, s):
-            return (randn(T * C, E, seed=s, dev=dev, scale=0.3), randn(T * C, seed=s + 1, dev=dev),
-                    1 + randn(C, seed=s + 2, dev=dev, scale=0.2), randn(C, seed=s + 3, dev=dev, scale=0.2))
-        cases = [(3, (w, b, nw, nb)), (2, rand(16, 6, 10, seed + 1)), (4, rand(3, 5, 7, seed + 5)),
-                 (1, rand(1, 8, 4, seed + 9))]
+def _proj_cases(ctx: Context):
+    proj, source = weights.get("ip_adapter_image_proj", ctx.device)
+    _note(ctx, [source])
+    real = (proj.proj.weight.detach().float(), proj.proj.bias.detach().float(),
+            proj.norm.weight.detach().float(), proj.norm.bias.detach().float())
+    if ctx.hidden:
+        def rand(T, C, E, o):
+            return (ctx.randn(T * C, E, offset=o, scale=0.3), ctx.randn(T * C, offset=o + 1),
+                    1 + ctx.randn(C, offset=o + 2, scale=0.2), ctx.randn(C, offset=o + 3, scale=0.2))
+        configs = [(3, real), (2, rand(16, 6, 10, 1)), (4, rand(3, 5, 7, 5)), (1, rand(1, 8, 4, 9))]
     else:
-        cases = [(1, (w, b, nw, nb))]
-    for i, (B, (wt, bs, nwt, nbs)) in enumerate(cases):
-        e = randn(B, wt.shape[1], seed=seed + 20 + i, dev=dev)
-        expected = ref.image_projection(e, wt, bs, nwt, nbs)
+        configs = [(1, real), (2, (ctx.randn(2 * 6, 5, offset=1, scale=0.3), ctx.randn(2 * 6, offset=2),
+                                   1 + ctx.randn(6, offset=3, scale=0.2), ctx.randn(6, offset=4, scale=0.2)))]
+    for i, (B, (wt, bs, nwt, nbs)) in enumerate(configs):
+        e = ctx.randn(B, wt.shape[1], offset=20 + i)
         T, C = wt.shape[0] // nwt.shape[0], nwt.shape[0]
-        label = f"image_embeds {tuple(e.shape)} -> {T} tokens of width {C}"
-        got = call(fn, "image_projection", e, wt, bs, nwt, nbs, forbidden=FORBID_PROJ, case=label)
-        assert_close(got, expected, name=f"image_projection on {label}", variants=_proj_variants(e, wt, bs, nwt, nbs))
-    return _passed("image_projection", len(cases), [source], hidden)
+        yield Case(f"image_embeds {tuple(e.shape)} -> {T} tokens of width {C}", (e, wt, bs, nwt, nbs))
+
+
+def _proj_judge(case: Case, got) -> None:
+    e, wt, bs, nwt, nbs = case.args
+    assert_close(got, ref.image_projection(*case.args), name=f"image_projection on {case.label}",
+                 variants=_proj_variants(e, wt, bs, nwt, nbs))
 
 
 # ---------------------------------------------------------------- 2. decoupled cross-attention
@@ -209,42 +224,51 @@ def _attn_variants(attn, x, ctx, wk, wv, scale, T):
     }
 
 
-def _other_attention(seed: int, dev, *, query_dim: int, cross: int, heads: int, dim_head: int):
+def _other_attention(seed: int, dev, *, query_dim: int, cross: int, heads: int, dim_head: int, bias: bool = False):
     from diffusers.models.attention_processor import Attention
 
-    attn = Attention(query_dim=query_dim, cross_attention_dim=cross, heads=heads, dim_head=dim_head, bias=False,
+    attn = Attention(query_dim=query_dim, cross_attention_dim=cross, heads=heads, dim_head=dim_head, bias=bias,
                      out_bias=True)
     reinitialise_(attn, seed)
     return attn.to(dev).eval()
 
 
-def _check_attention(fn, hidden: bool) -> str:
-    dev, seed = device_for(hidden), seed_for(hidden)
-    sd, sources, attn = load_adapter(dev)
+def _attention_cases(ctx: Context):
+    sd, sources, attn = load_adapter(ctx.device)
+    _note(ctx, sources)
     wk, wv = sd["ip_adapter.1.to_k_ip.weight"], sd["ip_adapter.1.to_v_ip.weight"]
     T = sd["image_proj.proj.weight"].shape[0] // sd["image_proj.norm.weight"].shape[0]
-    if hidden:
-        other = _other_attention(seed % 10007, dev, query_dim=10, cross=6, heads=3, dim_head=4)
-        owk, owv = randn(12, 6, seed=seed + 1, dev=dev, scale=0.4), randn(12, 6, seed=seed + 2, dev=dev, scale=0.4)
-        cases = [(attn, wk, wv, 2, 24, 7, T, 1.0), (attn, wk, wv, 2, 6, 3, T, 0.0),
-                 (other, owk, owv, 3, 5, 4, 16, 0.35), (other, owk, owv, 1, 9, 9, 1, 2.0)]
-    else:
-        cases = [(attn, wk, wv, 1, 16, 5, T, 0.5)]
-    for i, (module, k_ip, v_ip, B, N, L, Ti, scale) in enumerate(cases):
+    s = ctx.seed % 10007
+    # Inner width heads * dim_head (15) differs from the query width (6): the head size comes
+    # from the projections, not from hidden_states.
+    narrow = _other_attention(s + 3, ctx.device, query_dim=6, cross=4, heads=3, dim_head=5)
+    configs = [(attn, wk, wv, 1, 16, 5, T, 0.5),
+               (narrow, ctx.randn(15, 4, offset=5, scale=0.4), ctx.randn(15, 4, offset=6, scale=0.4), 2, 7, 3, 2, 1.5)]
+    if ctx.hidden:
+        other = _other_attention(s, ctx.device, query_dim=10, cross=6, heads=3, dim_head=4)
+        owk, owv = ctx.randn(12, 6, offset=1, scale=0.4), ctx.randn(12, 6, offset=2, scale=0.4)
+        four = _other_attention(s + 1, ctx.device, query_dim=12, cross=7, heads=4, dim_head=5, bias=True)
+        fwk, fwv = ctx.randn(20, 7, offset=3, scale=0.4), ctx.randn(20, 7, offset=4, scale=0.4)
+        configs = [(attn, wk, wv, 2, 24, 7, T, 1.0), (attn, wk, wv, 2, 6, 3, T, 0.0),
+                   (other, owk, owv, 3, 5, 4, 16, 0.35), (other, owk, owv, 1, 9, 9, 1, 2.0),
+                   (four, fwk, fwv, 2, 10, 6, 3, 0.8)]
+    for i, (module, k_ip, v_ip, B, N, L, Ti, scale) in enumerate(configs):
         C = k_ip.shape[1]
-        x = randn(B, N, module.to_q.in_features, seed=seed + 10 + i, dev=dev)
-        ctx = randn(B, L + Ti, C, seed=seed + 20 + i, dev=dev)
-        expected = ref.decoupled_cross_attention(module, x, ctx, k_ip, v_ip, scale, Ti)
+        x = ctx.randn(B, N, module.to_q.in_features, offset=10 + i)
+        enc = ctx.randn(B, L + Ti, C, offset=20 + i)
         label = (f"hidden_states {tuple(x.shape)}, {L} text + {Ti} image tokens of width {C}, "
-                 f"{module.heads} heads, scale {scale}")
-        got = call(fn, "decoupled_cross_attention", module, x, ctx, k_ip, v_ip, scale, Ti,
-                   forbidden=FORBID_ATTN, case=label)
-        name = f"decoupled_cross_attention on {label}"
-        if scale == 0:
-            name += " (scale 0 must give the frozen text cross-attention alone)"
-        with torch.no_grad():
-            assert_close(got, expected, name=name, variants=_attn_variants(module, x, ctx, k_ip, v_ip, scale, Ti))
-    return _passed("decoupled_cross_attention", len(cases), sources, hidden)
+                 f"{module.heads} heads of width {module.to_q.out_features // module.heads}, scale {scale}")
+        yield Case(label, (module, x, enc, k_ip, v_ip, scale, Ti))
+
+
+def _attention_judge(case: Case, got) -> None:
+    module, x, enc, k_ip, v_ip, scale, Ti = case.args
+    name = f"decoupled_cross_attention on {case.label}"
+    if scale == 0:
+        name += " (scale 0 must give the frozen text cross-attention alone)"
+    with torch.no_grad():
+        assert_close(got, ref.decoupled_cross_attention(*case.args), name=name,
+                     variants=_attn_variants(module, x, enc, k_ip, v_ip, scale, Ti))
 
 
 # ---------------------------------------------------------------- 3. which processor gets which ip_adapter.N
@@ -279,80 +303,121 @@ def _ids_variants(unet, expected: torch.Tensor) -> dict:
     return variants
 
 
-def _check_ids_output(unet, ids: torch.Tensor, sd: dict, seed: int, dev, label: str, B: int) -> None:
+def _ids_output(unet, ids: torch.Tensor, sd: dict, inputs: tuple, label: str) -> None:
     """The UNet with diffusers' IP processors placed where ``ids`` says, against diffusers' own loader."""
     names = list(unet.attn_processors)
-    mapping = {n: (sd[f"ip_adapter.{i}.to_k_ip.weight"], sd[f"ip_adapter.{i}.to_v_ip.weight"])
-               for n, i in zip(names, ids.tolist()) if i >= 0}
-    cfg = unet.config
-    H, W, L = 8, 12, 5
-    sample = randn(B, cfg.in_channels, H, W, seed=seed + 1, dev=dev)
-    text = randn(B, L, cfg.cross_attention_dim, seed=seed + 2, dev=dev)
-    emb = randn(B, sd["image_proj.proj.weight"].shape[1], seed=seed + 3, dev=dev)
-    t = torch.tensor([17, 803][:B], device=dev)
+    try:
+        mapping = {n: (sd[f"ip_adapter.{i}.to_k_ip.weight"], sd[f"ip_adapter.{i}.to_v_ip.weight"])
+                   for n, i in zip(names, ids.tolist()) if i >= 0}
+        sample, t, text, emb = inputs
+        got = ref.unet_with_attn_weights(unet, mapping, sd, sample, t, text, emb, 0.8)
+    except (KeyError, RuntimeError) as err:
+        raise ComparisonError(f"ip_layer_ids on {label}: the UNet with your mapping cannot load the adapter "
+                              f"({type(err).__name__}: {str(err)[:200]}).") from None
     expected = ref.ip_adapter_unet(unet, sd, sample, t, text, emb, 0.8)
-    got = ref.unet_with_attn_weights(unet, mapping, sd, sample, t, text, emb, 0.8)
     assert_close(got, expected, name=f"ip_layer_ids: the UNet with your mapping ({label}) against diffusers' loader")
 
 
-def _check_ids(fn, hidden: bool) -> str:
-    dev, seed = device_for(hidden), seed_for(hidden)
-    cases = []  # (label, unet, state dict or None for layout-only)
-    sd_p, sources, unet = load_adapter(dev, standin=True, unet=True)
-    cases.append(("the lesson's stand-in UNet", unet, sd_p))
-    if hidden:
-        two = _random_unet(TWO_LAYER_UNET, seed % 10007, dev)
-        cases.append(("a UNet with 2 transformer blocks per attention", two,
-                      _random_state_dict(TWO_LAYER_UNET, 6, 4, seed % 10007 + 1, dev)))
-        cases.append(("SD1.5's UNet layout (meta device)", _meta_unet("sd15"), None))
-        cases.append(("SDXL's UNet layout (meta device)", _meta_unet("sdxl"), None))
-    for i, (label, model, sd) in enumerate(cases):
-        expected = ref.ip_layer_ids(model)
-        got = call(fn, "ip_layer_ids", model, case=label)
-        assert_close(got, expected, name=f"ip_layer_ids on {label} ({len(expected)} processors)",
-                     variants=_ids_variants(model, expected), check_device=False)
+def _ids_cases(ctx: Context):
+    sd_p, sources, unet = load_adapter(ctx.device, standin=True, unet=True)
+    _note(ctx, sources)
+    configs = [("the lesson's stand-in UNet", unet, sd_p)]
+    if not ctx.hidden:
+        configs.append(("a UNet with 2 transformer blocks per attention (meta device)", _meta_unet("two"), None))
+    if ctx.hidden:
+        s = ctx.seed % 10007
+        configs.append(("a UNet with 2 transformer blocks per attention", _random_unet(TWO_LAYER_UNET, s, ctx.device),
+                        _random_state_dict(TWO_LAYER_UNET, 6, 4, s + 1, ctx.device)))
+        configs.append(("SD1.5's UNet layout (meta device)", _meta_unet("sd15"), None))
+        configs.append(("SDXL's UNet layout (meta device)", _meta_unet("sdxl"), None))
+    B = 2 if ctx.hidden else 1
+    for i, (label, model, sd) in enumerate(configs):
+        extra = {"label": label, "sd": sd}
         if sd is not None:
-            _check_ids_output(model, got.to("cpu"), sd, seed + 100 * i, dev, label, 2 if hidden else 1)
-    return _passed("ip_layer_ids", len(cases), sources, hidden)
+            cfg = model.config
+            extra["inputs"] = (ctx.randn(B, cfg.in_channels, 8, 12, offset=100 * i + 1), torch.tensor([17, 803][:B],
+                               device=ctx.device), ctx.randn(B, 5, cfg.cross_attention_dim, offset=100 * i + 2),
+                               ctx.randn(B, sd["image_proj.proj.weight"].shape[1], offset=100 * i + 3))
+        yield Case(label, (model,), extra=extra)
+
+
+def _ids_judge(case: Case, got) -> None:
+    (model,) = case.args
+    expected = ref.ip_layer_ids(model)
+    label, sd = case.extra["label"], case.extra["sd"]
+    assert_close(got, expected, name=f"ip_layer_ids on {label} ({len(expected)} processors)",
+                 variants=_ids_variants(model, expected), check_device=False)
+    if sd is not None:
+        _ids_output(model, got.to("cpu"), sd, case.extra["inputs"], label)
 
 
 # ---------------------------------------------------------------- 4. the UNet with an image prompt
-def _check_unet(fn, hidden: bool) -> str:
-    dev, seed = device_for(hidden), seed_for(hidden)
-    sd, sources, unet = load_adapter(dev, standin=not hidden, unet=True)
-    cfg = unet.config
-    C, E = cfg.cross_attention_dim, sd["image_proj.proj.weight"].shape[1]
+def _fresh_state_dict(fn, unet, state_dict, *rest):
+    """A harness: the student's function gets its own copy of the state dict (it may pop keys)."""
+    return fn(unet, _copy(state_dict), *rest)
+
+
+def _unet_cases(ctx: Context):
+    sd, sources, unet = load_adapter(ctx.device, standin=not ctx.hidden, unet=True)
+    _note(ctx, sources)
     # Small latents whatever the checkpoint (any multiple of 8 fits SD1.5's three downsamplings):
     # the real UNet on a CPU grader stays within the cell time limit.
-    if hidden:
-        cases = [(2, 16, 24, 7, 0.75), (1, 8, 8, 3, 0.0), (3, 24, 16, 4, 1.3)]
-    else:
-        cases = [(1, 8, 8, 5, 0.6)]
-    for i, (B, H, W, L, scale) in enumerate(cases):
-        sample = randn(B, cfg.in_channels, H, W, seed=seed + 10 + i, dev=dev)
-        text = randn(B, L, C, seed=seed + 20 + i, dev=dev)
-        emb = randn(B, E, seed=seed + 30 + i, dev=dev)
-        t = torch.randint(0, 1000, (B,), generator=generator(seed + 40 + i)).to(dev)
-        expected = ref.ip_adapter_unet(unet, sd, sample, t, text, emb, scale)
-        label = f"sample {tuple(sample.shape)}, {L} text tokens, t {t.tolist()}, scale {scale}"
-        got = call(fn, "ip_adapter_unet", unet, _copy(sd), sample, t, text, emb, scale,
-                   forbidden=FORBID_UNET, case=label)
-        name = f"ip_adapter_unet on {label}"
-        if scale == 0:
-            name += " (scale 0 must give the text-only UNet)"
-
-        def text_only():
-            with torch.no_grad():
-                return unet(sample, t, encoder_hidden_states=text).sample
-        assert_close(got, expected, name=name, variants={
-            "the adapter switched off (the text-only UNet)": text_only if scale != 0 else None,
-            "scale 1 (the scale argument ignored)":
-                (lambda: ref.ip_adapter_unet(unet, sd, sample, t, text, emb, 1.0)) if scale != 1 else None,
-        })
-    return _passed("ip_adapter_unet", len(cases), sources, hidden)
+    configs = [(unet, sd, 1, 8, 8, 5, 0.6)]
+    if not ctx.hidden:
+        # Another layout, text width 6, 3 image tokens: nothing may assume SD1.5's 4 tokens or widths.
+        other = _random_unet(PUBLIC_TWO_LAYER_UNET, 21, ctx.device)
+        configs.append((other, _random_state_dict(PUBLIC_TWO_LAYER_UNET, 5, 3, 22, ctx.device), 2, 8, 8, 4, 1.2))
+    if ctx.hidden:
+        s = ctx.seed % 10007
+        # Another layout, text width 10, 2 image tokens from a 6-wide image embedding.
+        other = _random_unet(TWO_LAYER_UNET, s + 2, ctx.device)
+        other_sd = _random_state_dict(TWO_LAYER_UNET, 6, 2, s + 3, ctx.device)
+        configs = [(unet, sd, 2, 16, 24, 7, 0.75), (unet, sd, 1, 8, 8, 3, 0.0), (unet, sd, 3, 24, 16, 4, 1.3),
+                   (other, other_sd, 2, 8, 16, 6, 0.5)]
+    for i, (model, state, B, H, W, L, scale) in enumerate(configs):
+        cfg = model.config
+        C, E = cfg.cross_attention_dim, state["image_proj.proj.weight"].shape[1]
+        T = state["image_proj.proj.weight"].shape[0] // state["image_proj.norm.weight"].shape[0]
+        sample = ctx.randn(B, cfg.in_channels, H, W, offset=10 + i)
+        text = ctx.randn(B, L, C, offset=20 + i)
+        emb = ctx.randn(B, E, offset=30 + i)
+        t = ctx.randint(0, 1000, (B,), offset=40 + i)
+        label = (f"sample {tuple(sample.shape)}, {L} text tokens of width {C}, {T} image tokens, t {t.tolist()}, "
+                 f"scale {scale}")
+        yield Case(label, (model, state, sample, t, text, emb, scale),
+                   invoke=harness("ip_adapter_unet", _fresh_state_dict))
 
 
-EXERCISES = build(
-    ("image_projection", 2, _check_projection), ("decoupled_cross_attention", 3, _check_attention),
-    ("ip_layer_ids", 2, _check_ids), ("ip_adapter_unet", 3, _check_unet),
+def _reference_unet(unet, sd, sample, t, text, emb, scale):
+    """diffusers' loader, end to end; its image projection assumes 4 tokens, so for another count
+    diffusers' processors hold the weights where its loader puts them and the tokens come from
+    diffusers' ImageProjection (tests/test_reference_ip_adapter.py: the same on 4 tokens)."""
+    T = sd["image_proj.proj.weight"].shape[0] // sd["image_proj.norm.weight"].shape[0]
+    if T == 4:
+        return ref.ip_adapter_unet(unet, sd, sample, t, text, emb, scale)
+    mapping = ref.ip_adapter_attn_weights(unet, sd)
+    return ref.unet_with_attn_weights(unet, mapping, sd, sample, t, text, emb, scale)
+
+
+def _unet_judge(case: Case, got) -> None:
+    unet, sd, sample, t, text, emb, scale = case.args
+    name = f"ip_adapter_unet on {case.label}"
+    if scale == 0:
+        name += " (scale 0 must give the text-only UNet)"
+
+    def text_only():
+        with torch.no_grad():
+            return unet(sample, t, encoder_hidden_states=text).sample
+    assert_close(got, _reference_unet(*case.args), name=name, variants={
+        "the adapter switched off (the text-only UNet)": text_only if scale != 0 else None,
+        "scale 1 (the scale argument ignored)":
+            (lambda: _reference_unet(unet, sd, sample, t, text, emb, 1.0)) if scale != 1 else None,
+    })
+
+
+EXERCISES = exercises(
+    Exercise("image_projection", 2, _proj_cases, _proj_judge, FORBID_PROJ),
+    Exercise("decoupled_cross_attention", 3, _attention_cases, _attention_judge, FORBID_ATTN),
+    Exercise("ip_layer_ids", 2, _ids_cases, _ids_judge),
+    Exercise("ip_adapter_unet", 3, _unet_cases, _unet_judge, FORBID_UNET),
 )

@@ -71,7 +71,8 @@ KEYPOINTS = ["nose", "neck", "right shoulder", "right elbow", "right wrist", "le
 
 
 def draw_limb(canvas: np.ndarray, x1: float, y1: float, x2: float, y2: float, color) -> None:
-    """One limb as OpenPose's renderer draws it: a filled ellipse 4 px wide between two pixels."""
+    """One limb as OpenPose's renderer draws it: a filled ellipse between two pixels, semi-axes
+    (length / 2, 4) as cv2.ellipse2Poly takes them, so about 8 px thick."""
     import cv2
 
     length = math.hypot(x1 - x2, y1 - y2)
