@@ -1,35 +1,13 @@
-"""Helpers for the per-lesson diagnosis tests: record then judge apart (as trusted grading does),
-and the time a failing public check takes."""
+"""Helpers for the per-lesson diagnosis tests: record then judge apart (as trusted grading does:
+tests.notebook_code.trusted_verdicts), and the CPU time a failing public check takes."""
 
 from __future__ import annotations
 
 import time
-from pathlib import Path
-
 import torch
 
-from grader.cases import hidden_context, judge_record, record
 from grader.exercises import lesson
-from grader.record import read_entries, write_entry
-from tests.notebook_code import public_diagnosis
-
-
-def trusted_verdicts(assignment: str, cells: list[str], folder: Path, *, seed_base: int) -> dict:
-    """Run ``cells``, record every exercise's hidden cases to files (untrusted side: grader.cases.record,
-    grader.record.write_entry), then read the files back and judge them against cases rebuilt from
-    the same seeds (trusted side: grader.record.read_entries, grader.cases.judge_record)."""
-    ns: dict = {}
-    for cell in cells:
-        exec(compile(cell, "<cell>", "exec"), ns)
-    folder.mkdir(parents=True, exist_ok=True)
-    verdicts = {}
-    for i, (name, ex) in enumerate(lesson(assignment).EXERCISES.items()):
-        entries = record(ex, ns.get(name), hidden_context(seed_base + i),
-                         sink=lambda k, entry, name=name: write_entry(str(folder), name, k, entry))
-        back = read_entries(str(folder), name, len(entries))
-        verdict = judge_record(ex, back, hidden_context(seed_base + i))
-        verdicts[name] = {"passed": verdict.passed, "message": verdict.message}
-    return verdicts
+from tests.notebook_code import public_diagnosis, trusted_verdicts  # noqa: F401 (re-exported)
 
 
 def timed_public_diagnosis(assignment: str, mistake: str, limit_s: float = 2.0) -> str:
