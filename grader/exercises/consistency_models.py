@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 
 from ..compare import ComparisonError, assert_close
+from ..exercise import SubmissionError
 from ..reference import consistency_models as ref
 from ..weights.resolve import reinitialise_
 from . import Case, Context, Exercise, exercises
@@ -231,10 +232,11 @@ def _step_in_pipeline(fn, unet, config, steps, labels, seed, batch):
     schedule at its step index, the noise drawn from the pipeline's generator (randn_tensor),
     zeros for a one-step schedule. Returns every intermediate sample, (S, B, C, H, W).
     """
-    from diffusers import ConsistencyModelPipeline
+    from diffusers import CMStochasticIterativeScheduler, ConsistencyModelPipeline
     from diffusers.utils.torch_utils import randn_tensor
 
-    pipe = ConsistencyModelPipeline(unet=unet, scheduler=ref.scheduler(**config))
+    _not_defined(fn, "consistency_step")
+    pipe = ConsistencyModelPipeline(unet=unet, scheduler=CMStochasticIterativeScheduler(**config))
     pipe.set_progress_bar_config(disable=True)
     sched, out = pipe.scheduler, []
 
@@ -338,6 +340,19 @@ def _step_judge(case: Case, got) -> None:
 
 
 # ---------------------------------------------------------------- 4./5. the two losses
+def _not_defined(fn, name: str) -> None:
+    # Exercise.call passes user_fn=fn, which reads as "no user_fn" when fn is None: say it here.
+    if fn is None:
+        raise SubmissionError(f"{name}: not defined. Run the cell that defines `{name}` first.")
+
+
+def _loss_harness(name: str):
+    def invoke(fn, online, target, *args):
+        _not_defined(fn, name)
+        return _loss_in_harness(fn, online, target, *args)
+    return invoke
+
+
 def _loss_in_harness(fn, online, target, *args):
     """Harness: the student's loss, then its gradients on both networks (the target must get none)."""
     with torch.enable_grad():
@@ -347,7 +362,7 @@ def _loss_in_harness(fn, online, target, *args):
         loss = fn(online, target, *args)
         if not isinstance(loss, torch.Tensor):
             return loss
-        if loss.requires_grad:
+        if loss.requires_grad and loss.ndim == 0:   # a (B,) loss is reported by the judge, not crashed on here
             loss.backward()
     return {"loss": loss.detach(), "online_grad": _flat_grad(online), "target_grad": _flat_grad(target)}
 
@@ -362,7 +377,8 @@ def _loss_configs(ctx: Context):
     if ctx.hidden:
         return [("toy", (32, 2), (0.002, 20.0, 7.0, 18), 0.5), ("toy", (12, 5), (0.01, 50.0, 5.0, 40), 1.0),
                 ("toy", (7, 3), (0.005, 80.0, 7.0, 150), 0.25), ("unet", (2, 3, 8, 12), (0.002, 80.0, 7.0, 40), 0.5)]
-    return [("toy", (8, 2), (0.002, 80.0, 7.0, 10), 0.5)]
+    # the second public case: image-shaped x0 (B, C, H, W), as the hidden UNet case, on the cheap toy MLP
+    return [("toy", (8, 2), (0.002, 80.0, 7.0, 10), 0.5), ("toy", (3, 1, 2, 2), (0.002, 80.0, 7.0, 40), 0.5)]
 
 
 def _nets(kind: str, shape: tuple, ctx: Context, i: int):
@@ -373,7 +389,7 @@ def _nets(kind: str, shape: tuple, ctx: Context, i: int):
         reinitialise_(other, ctx.seed % 1000 + 7)
         target = LabelledUNet(other, online.labels.clone())
         return online.train(), target.train()
-    D = shape[1]
+    D = math.prod(shape[1:])                         # ToyNet flattens each sample
     return _toynet(D, ctx.seed % 1000 + 10 * i, ctx.device), _toynet(D, ctx.seed % 1000 + 10 * i + 5, ctx.device)
 
 
@@ -390,7 +406,8 @@ def _ct_cases(ctx: Context):
         noise = ctx.randn(*shape, offset=130 + i)
         label = (f"{'UNet2DModel' if kind == 'unet' else 'toy MLP'}, x0 {shape}, {grid[3]}-point grid "
                  f"{grid[0]}..{grid[1]} (rho {grid[2]}), sigma_data {sd}")
-        yield Case(label, (online, target, x0, sigma_n, sigma_n1, noise, grid[0], sd), invoke=_loss_in_harness)
+        yield Case(label, (online, target, x0, sigma_n, sigma_n1, noise, grid[0], sd),
+                   invoke=_loss_harness("consistency_training_loss"))
 
 
 def _mixture_for(D: int, ctx: Context, i: int) -> MixtureScore:
@@ -405,8 +422,8 @@ def _mixture_for(D: int, ctx: Context, i: int) -> MixtureScore:
 
 def _cd_cases(ctx: Context):
     for i, (kind, shape, grid, sd) in enumerate(_loss_configs(ctx)):
-        if kind == "unet":
-            continue                                 # the exact teacher is the toy mixture's score
+        if kind == "unet" or len(shape) != 2:
+            continue                                 # the exact teacher is the toy mixture's score: points (B, D)
         D = shape[1]
         online, target = _nets(kind, shape, ctx, i)
         score = _mixture_for(D, ctx, i)
@@ -416,7 +433,8 @@ def _cd_cases(ctx: Context):
         noise = ctx.randn(*shape, offset=200 + i)
         label = (f"toy MLP, {score.means.shape[0]}-component mixture in {D}D, {shape[0]} points, {grid[3]}-point "
                  f"grid {grid[0]}..{grid[1]} (rho {grid[2]}), sigma_data {sd}")
-        yield Case(label, (online, target, score, x0, sigma_n, sigma_n1, noise, grid[0], sd), invoke=_loss_in_harness)
+        yield Case(label, (online, target, score, x0, sigma_n, sigma_n1, noise, grid[0], sd),
+                   invoke=_loss_harness("consistency_distillation_loss"))
 
 
 def _loss_grads(loss_fn, online, target, *args) -> dict:
@@ -491,7 +509,7 @@ def _cd_variant(online, target, score, x0, sn, sn1, noise, smin, sd, *, start="n
                 tgt = x0
             else:
                 at = sn1 if start == "n1" else sn
-                slope = -(1.0 if no_t else _bcast(at, x0)) * score(x_n1, at)
+                slope = -(1.0 if no_t else _bcast(sn1, x0)) * score(x_n1, at)
                 x_n = x_n1 + sign * _bcast(sn - sn1, x0) * slope
                 if step_from == "noise":
                     x_n = x0 + _bcast(sn, x0) * noise
