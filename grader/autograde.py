@@ -49,6 +49,7 @@ class Result:
     max_score: float = 0.0
     exercises: dict = field(default_factory=dict)   # name -> {"score", "max_score", "message"}
     notes: list = field(default_factory=list)
+    flags: list = field(default_factory=list)        # integrity flags (grader.integrity), for the instructor
     feedback: str | None = None
     seconds: float = 0.0
     digest: str = ""
@@ -111,6 +112,108 @@ def _write_config(root: Path) -> None:
         f"exec(open({str(REPO / 'nbgrader_config.py')!r}).read())\n")
 
 
+class Worker:
+    """A warm grading process: nbgrader, torch, diffusers and the lesson's weights loaded once.
+
+    It runs nbgrader's autograde and feedback in-process (NbGraderAPI) for one submission at
+    a time; the trusted verification of every submission it grades reuses what it loaded.
+    Nothing of the student's runs in it (their code runs in sandboxed kernels it starts).
+    A submission that runs past the notebook-wide limit gets the worker killed with every
+    kernel it started (its own session), and the next submission a fresh one.
+    """
+
+    def __init__(self, assignment: str, log: Path):
+        import multiprocessing
+
+        self.assignment, self.log = assignment, log
+        ctx = multiprocessing.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_worker_main, args=(child, assignment, str(log)), daemon=True)
+        self.proc.start()
+        child.close()
+
+    def run(self, root: Path, student: str, timeout: float) -> dict:
+        self.conn.send((str(root), student))
+        if not self.conn.poll(timeout):
+            self.kill()
+            raise subprocess.TimeoutExpired("nbgrader autograde", timeout)
+        try:
+            return self.conn.recv()
+        except EOFError:
+            self.kill()
+            raise RuntimeError("the grading worker died (see the batch log)") from None
+
+    def alive(self) -> bool:
+        return self.proc.is_alive()
+
+    def kill(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # its session: the kernels' launchers too
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.proc.join(5)
+
+    def close(self) -> None:
+        try:
+            self.conn.send(None)
+            self.proc.join(30)
+        except (BrokenPipeError, OSError):
+            pass
+        if self.proc.is_alive():
+            self.kill()
+
+
+def _worker_main(conn, assignment: str, log: str) -> None:
+    os.setsid()
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
+    _warm(assignment)
+    while True:
+        try:
+            job = conn.recv()
+        except EOFError:
+            return
+        if job is None:
+            return
+        root, student = job
+        conn.send(_autograde_in_process(Path(root), assignment, student))
+
+
+def _warm(assignment: str) -> None:
+    """Import and load what verification needs, once per worker."""
+    import warnings
+
+    from .cases import hidden_context
+    from .exercises import lesson
+    from .weights.resolve import prepare_all
+
+    prepare_all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for ex in lesson(assignment).EXERCISES.values():
+            try:
+                list(ex.cases(hidden_context(0)))
+            except Exception:  # noqa: BLE001: warming is best effort; grading reports real failures
+                pass
+
+
+def _autograde_in_process(root: Path, assignment: str, student: str) -> dict:
+    from nbgrader.apps import NbGraderAPI
+    from traitlets.config.loader import PyFileConfigLoader
+
+    os.environ["COURSE_ROOT"] = str(root)
+    config = PyFileConfigLoader("nbgrader_config.py", path=str(root)).load_config()
+    config.CourseDirectory.root = str(root)
+    config.CourseDirectory.db_url = "sqlite:///" + str(root / "gradebook.db")
+    api = NbGraderAPI(config=config)
+    graded = api.autograde(assignment, student, force=True, create=True)
+    feedback = api.generate_feedback(assignment, student, force=True) if graded.get("success") else {}
+    return {"autograde": graded, "feedback": feedback}
+
+
 class Batch:
     """One assignment, one output folder; prepared once, then :meth:`grade` per submission."""
 
@@ -123,6 +226,24 @@ class Batch:
         self.template = self.work / "_template"
         for sub in ("results", "feedback"):
             (out / sub).mkdir(parents=True, exist_ok=True)
+        import threading
+
+        self._local = threading.local()
+        self._workers: list[Worker] = []
+        self._lock = threading.Lock()
+
+    def _worker(self) -> Worker:
+        w = getattr(self._local, "worker", None)
+        if w is None or not w.alive():
+            w = Worker(self.assignment, self.work / "workers.log")
+            self._local.worker = w
+            with self._lock:
+                self._workers.append(w)
+        return w
+
+    def close(self) -> None:
+        for w in self._workers:
+            w.close()
 
     def prepare(self) -> None:
         """Register the assignment in a fresh gradebook once; every submission copies it."""
@@ -197,17 +318,16 @@ class Batch:
         target = root / "submitted" / sub.student / self.assignment / self.source.name
         target.parent.mkdir(parents=True)
         nbformat.write(fixed.notebook, target)
-        done = _nbgrader(root, "autograde", self.assignment, "--student", sub.student, "--force",
-                         timeout=NOTEBOOK_TIMEOUT)
+        done = self._worker().run(root, sub.student, NOTEBOOK_TIMEOUT)
         autograded = root / "autograded" / sub.student / self.assignment / self.source.name
         if not autograded.is_file():
-            raise RuntimeError(f"nbgrader autograde produced no notebook:\n{done.stdout[-2000:]}")
+            log = done["autograde"].get("log", "") + done["autograde"].get("error", "")
+            raise RuntimeError(f"nbgrader autograde produced no notebook:\n{log[-2000:]}")
         self._read_scores(root, sub.student, result)
         _messages(nbformat.read(autograded, as_version=4), result)
         result.status = "graded"
-        fb = _nbgrader(root, "generate_feedback", self.assignment, "--student", sub.student, "--force", timeout=300)
         html = root / "feedback" / sub.student / self.assignment / (self.source.stem + ".html")
-        if fb.returncode == 0 and html.is_file():
+        if done["feedback"].get("success") and html.is_file() and not html.is_symlink():
             dest = self.out / "feedback" / sub.student / self.assignment
             dest.mkdir(parents=True, exist_ok=True)
             shutil.copy2(html, dest / html.name)
@@ -249,7 +369,15 @@ def _exercise_name(grade_id: str) -> str:
 
 
 def _messages(nb, result: Result) -> None:
+    from .nbgrader_plugins import FLAGS_PREFIX
+
     for c in nb.cells:
+        if c.get("id") == "grading-notes":
+            for line in c.get("source", "").splitlines():
+                if line.startswith(FLAGS_PREFIX):
+                    result.flags = [f.strip() for f in line[len(FLAGS_PREFIX):].strip().rstrip(".").split(";") if f.strip()]
+                elif line.startswith("**Sandbox:**"):
+                    result.notes.append(line.replace("**", "").strip())
         meta = c.get("metadata", {}).get("nbgrader", {})
         if not meta.get("grade"):
             continue
@@ -265,10 +393,11 @@ def write_csv(results: list[Result], path: Path) -> None:
     tmp = path.with_suffix(".csv.tmp")
     with tmp.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["student", "assignment", "status", "score", "max_score", *names, "notes"])
+        w.writerow(["student", "assignment", "status", "score", "max_score", *names, "flags", "notes"])
         for r in sorted(results, key=lambda r: r.student):
             w.writerow([r.student, r.assignment, r.status, r.score, r.max_score,
-                        *[r.exercises.get(n, {}).get("score", 0.0) for n in names], " | ".join(r.notes)])
+                        *[r.exercises.get(n, {}).get("score", 0.0) for n in names], " | ".join(r.flags),
+                        " | ".join(r.notes)])
     os.replace(tmp, path)
 
 
@@ -312,6 +441,7 @@ def run(paths: list[Path], assignment: str, out: Path, *, jobs: int = 1, shard: 
             results.append(fut.result())
             bar.update(1)
     bar.close()
+    batch.close()
     write_csv(results, out / "grades.csv")
     shutil.rmtree(batch.work, ignore_errors=True)
     return results

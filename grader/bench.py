@@ -72,7 +72,59 @@ def autograde_seconds(lesson: str, isolation: bool = True) -> dict[str, float]:
     return {"one_submission_s": round(r.seconds, 2), "with_batch_setup_s": round(total, 2)}
 
 
+def grading_ratio(lesson: str, batch: int = 30, jobs: int = 2) -> dict:
+    """Trusted grading against the notebook's own execution, side by side on this machine.
+
+    * ``notebook_s``: the correct example executed top to bottom in a fresh kernel
+      (what ``jupyter nbconvert --execute`` does), no grading;
+    * ``one_submission_s``: the same notebook through ``course autograde`` (sandboxed kernel,
+      trusted verification, feedback), wall time including the batch set-up and a cold worker;
+    * ``batch_s``: ``batch`` copies with ``-j jobs`` (warm workers, weights shared).
+    """
+    import shutil
+
+    from nbclient import NotebookClient
+
+    from .autograde import run
+
+    example = REPO / "tests" / "submissions" / lesson / "correct.ipynb"
+    nb = nbformat.read(example, as_version=4)
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": tmp}}).execute()
+        notebook = time.perf_counter() - start
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        (r,) = run([example], lesson, Path(tmp) / "out", force=True, progress=False)
+        one = time.perf_counter() - start
+        assert r.score == r.max_score, r
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "subs"
+        folder.mkdir()
+        for i in range(batch):
+            shutil.copy(example, folder / f"student{i:02d}.ipynb")
+        start = time.perf_counter()
+        results = run([folder], lesson, Path(tmp) / "out", jobs=jobs, force=True, progress=False)
+        many = time.perf_counter() - start
+        assert all(r.score == r.max_score for r in results)
+    return {"notebook_s": round(notebook, 1), "one_submission_s": round(one, 1),
+            "ratio": round(one / notebook, 2), "batch": batch, "jobs": jobs, "batch_s": round(many, 1),
+            "batch_per_submission_s": round(many / batch, 1)}
+
+
 def main(args) -> int:
+    if getattr(args, "ratio", False):
+        lessons = args.lessons or ["10_diffusion_transformers"]
+        report = {}
+        for lesson in lessons:
+            r = grading_ratio(lesson, batch=args.batch, jobs=args.jobs)
+            report[lesson] = r
+            print(f"{lesson}: notebook {r['notebook_s']} s; trusted autograde of one submission "
+                  f"{r['one_submission_s']} s ({r['ratio']}x); {r['batch']} submissions with -j {r['jobs']}: "
+                  f"{r['batch_s']} s ({r['batch_per_submission_s']} s each)")
+        if args.json:
+            Path(args.json).write_text(json.dumps(report, indent=2))
+        return 0
     lessons = args.lessons or [l for l in LESSONS if (REPO / "source" / l).is_dir()]
     report = {"machine": f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} CPUs, "
                          f"{platform.system()}", "lessons": {}}

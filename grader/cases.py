@@ -168,17 +168,17 @@ class Verdict:
     flags: list = field(default_factory=list)   # integrity flags, e.g. "called the reference"
 
 
-def judge_record(ex: Exercise, entries: list[dict], ctx: Context, *, stopped: str = "") -> Verdict:
-    """Trusted side: rebuild the cases from ``ctx`` and judge the recorded ``entries``.
-
-    ``stopped`` explains a missing result (e.g. "the cell ran past its 60 s limit").
+def judge_record(ex: Exercise, entries: list, ctx: Context, *, cases: list[Case] | None = None,
+                 stopped: str = "") -> Verdict:
+    """Trusted side: rebuild the cases from ``ctx`` (or take ``cases`` built from it) and judge
+    the recorded ``entries``. ``stopped`` explains a missing result (e.g. a time-out).
     """
     flags: list[str] = []
     if any(e.get("error_type") == "ReferenceCallError" for e in entries if isinstance(e, dict)):
         flags.append(f"{ex.name}: called the reference it is asked to implement")
     n = 0
     try:
-        for i, case in enumerate(ex.cases(ctx)):
+        for i, case in enumerate(ex.cases(ctx) if cases is None else cases):
             entry = entries[i] if i < len(entries) else None
             if not isinstance(entry, dict):
                 why = stopped or "the function raised outside the grader, or the cell was stopped"

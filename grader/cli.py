@@ -131,7 +131,11 @@ def doctor(args) -> int:
         print(f"GPU: {torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda}); hidden tests run there in strict fp32")
     else:
         print("GPU: none; everything runs on the CPU")
-    print(f"weights: explicit dir {os.environ.get('COURSE_WEIGHTS_DIR') or '(COURSE_WEIGHTS_DIR unset)'}; "
+    from .sandbox import status
+
+    print(f"sandbox for grading kernels: {status()}")
+    wdir = os.environ.get("COURSE_WEIGHTS_DIR")
+    print(f"weights: {'COURSE_WEIGHTS_DIR=' + wdir if wdir else 'no local weights folder (COURSE_WEIGHTS_DIR not set)'}; "
           f"HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '')}")
     for name, ck in CHECKPOINTS.items():
         src = resolve(name)
@@ -232,6 +236,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("lessons", nargs="*")
     p.add_argument("--repeat", type=int, default=20)
     p.add_argument("--json", help="also write the numbers to this file")
+    p.add_argument("--ratio", action="store_true",
+                   help="trusted autograde vs the notebook's own run, and a batch (--batch, -j); lesson 10 by default")
+    p.add_argument("--batch", type=int, default=30)
+    p.add_argument("-j", "--jobs", type=int, default=2)
 
     p = sub.add_parser("demo", help="release + autograde the bundled example submissions")
     p.add_argument("lessons", nargs="*")

@@ -28,14 +28,17 @@ def _fresh(value: Any) -> Any:
     return value
 
 
+_NO_HARNESS = object()
+
+
 def call(fn: Any, name: str, *args: Any, forbidden: Iterable[str] = (), case: str = "",
-         user_fn: Any = None, **kwargs: Any) -> Any:
+         user_fn: Any = _NO_HARNESS, **kwargs: Any) -> Any:
     """Call the student's ``fn`` on fresh copies of ``args``; turn every failure into a message.
 
     ``user_fn`` is the student's own function when ``fn`` is a harness around it (a case's
     ``invoke``): the missing/not-callable checks and messages are about that one.
     """
-    own = fn if user_fn is None else user_fn
+    own = fn if user_fn is _NO_HARNESS else user_fn
     where = f" ({case})" if case else ""
     if own is None:
         raise SubmissionError(f"{name}: not defined. Run the cell that defines `{name}` first.")

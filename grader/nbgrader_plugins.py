@@ -43,9 +43,6 @@ class ScrubGradedOutputs(NbGraderPreprocessor):
 # ---------------------------------------------------------------- trusted grading (issue 5)
 import json as _json  # noqa: E402
 import os as _os  # noqa: E402
-import subprocess as _subprocess  # noqa: E402
-import sys as _sys  # noqa: E402
-import tempfile as _tempfile  # noqa: E402
 from pathlib import Path as _Path  # noqa: E402
 
 from nbgrader.preprocessors import Execute as _Execute  # noqa: E402
@@ -98,7 +95,13 @@ class NormaliseSubmission(NbGraderPreprocessor):
 
 
 class SandboxedExecute(_Execute):
-    """nbgrader's Execute with the kernel inside grader.sandbox and a cap on output size."""
+    """nbgrader's Execute with the kernel inside grader.sandbox and a cap on output size.
+
+    For a lesson notebook it also prepares the grading job: the seeds the hidden tests draw
+    their inputs from (chosen here, at grading time) and the private folder into which the
+    kernel's hidden-test cells record what the student's functions return (grader.record).
+    TrustedGrade, next, judges that record and removes the job.
+    """
 
     max_output_bytes = _Integer(8 << 20, help="Output kept per notebook; the rest is dropped").tag(config=True)
     max_message_bytes = _Integer(64 << 20, help="Largest single kernel message accepted").tag(config=True)
@@ -110,6 +113,40 @@ class SandboxedExecute(_Execute):
         super().__init__(*args, **kwargs)
         self._output_bytes = 0
         self._truncated = False
+        self._job = None
+
+    def preprocess(self, nb, resources=None, km=None):
+        from grader.runtime import device
+        from grader.sandbox_kernel import GradingJob
+
+        lesson = _lesson_of(resources)
+        seeds = {}
+        if lesson is not None:
+            from grader.exercises import lesson as lesson_module
+
+            seeds = {name: int.from_bytes(_os.urandom(4), "little") for name in lesson_module(lesson).EXERCISES}
+        self._job = GradingJob.create(seeds, str(device()))
+        self._output_bytes, self._truncated = 0, False
+        from nbclient.exceptions import DeadKernelError
+
+        try:
+            nb, resources = super().preprocess(nb, resources, km=km)
+        except DeadKernelError:
+            # The student's code killed its kernel (or it crashed): grade what was recorded
+            # before that, say why the rest is missing; never drop the whole notebook.
+            nb = self.nb
+            resources["course_kernel_died"] = ("the notebook's kernel died (killed or crashed) before this "
+                                               "exercise's hidden tests ran")
+        except BaseException:
+            self._job.remove()
+            raise
+        resources["course_job"] = self._job
+        return nb, resources
+
+    def create_kernel_manager(self):
+        km = super().create_kernel_manager()
+        km.course_job = self._job
+        return km
 
     async def async_start_new_kernel_client(self):
         client = await super().async_start_new_kernel_client()
@@ -137,102 +174,94 @@ class SandboxedExecute(_Execute):
 
 
 class TrustedGrade(NbGraderPreprocessor):
-    """Decide each graded cell outside the student's kernel (grader.replay), then write the verdict.
+    """Decide each graded cell from the kernel's record, in nbgrader's own process.
 
-    After Execute: the student's code cells run again in a sandboxed process that records
-    what their functions return on inputs from seeds chosen here; a trusted process
-    compares those outputs with the references. Each graded test cell's outputs are
-    replaced by that verdict, so SaveAutoGrades scores what the trusted side decided, not
-    what the student's kernel printed or swallowed.
+    After Execute: the kernel (untrusted) only recorded what the student's functions returned
+    on the grader's inputs; here the same inputs are rebuilt from the same seeds, the
+    references computed and compared (grader.verify), and each graded cell's outputs are
+    replaced by that verdict, so SaveAutoGrades scores what this side decided, not what the
+    student's kernel printed or swallowed. Integrity flags (grader.integrity) are listed in
+    the grading notes cell that the feedback shows.
     """
 
-    timeout = _Integer(900, help="Seconds for the sandboxed recording of one notebook").tag(config=True)
-
     def preprocess(self, nb, resources):
+        job = (resources or {}).pop("course_job", None)
         lesson = _lesson_of(resources)
-        if lesson is None:
-            return nb, resources
-        from grader.exercises import lesson as lesson_module
-        from grader.sandbox import hidden_paths, wrap
-        from grader.weights.resolve import prepare_all
+        try:
+            if job is None or lesson is None:
+                return nb, resources
+            from grader.integrity import scan
+            from grader.sandbox import status
+            from grader.verify import judge_job
 
-        prepare_all()  # stand-ins cannot be built inside the read-only sandbox
-        exercises = lesson_module(lesson).EXERCISES
-        seeds = {name: int.from_bytes(_os.urandom(4), "little") for name in exercises}
-        with _tempfile.TemporaryDirectory(prefix="course-trusted-") as tmp:
-            job = _Path(tmp)
-            record_dir = job / "record"
-            record_dir.mkdir()
-            inbox = job / "in"
-            inbox.mkdir()
-            (inbox / "job.json").write_text(_json.dumps({
-                "cells": _student_code(nb), "seeds": seeds, "record_dir": str(record_dir),
-                "per_exercise_s": int(_os.environ.get("COURSE_CELL_TIMEOUT", "60"))}))
-            repo = _Path(__file__).resolve().parent.parent
-            cmd = wrap([_sys.executable, "-m", "grader.replay", "record", lesson, str(inbox)],
-                       rw=[str(record_dir)], hide=hidden_paths(_course_root(self), repo),
-                       mem=_memory_limit())
-            status = ""
-            try:
-                done = _subprocess.run(cmd, stdin=_subprocess.DEVNULL, stdout=_subprocess.DEVNULL,
-                                       stderr=_subprocess.PIPE, timeout=self.timeout, start_new_session=True)
-                if done.returncode != 0:
-                    status = f"the recording process ended with status {done.returncode}"
-            except _subprocess.TimeoutExpired:
-                status = f"the recording process was stopped after {self.timeout} s"
-            # The trusted side runs here, in nbgrader's own process: the student's code never ran
-            # in it, and the lesson's weights stay loaded from one student to the next.
-            from grader.replay import verify
-            from grader.runtime import device
+            stopped = _stopped_cells(nb)
+            died = (resources or {}).pop("course_kernel_died", None)
+            if died:
+                from grader.exercises import lesson as lesson_module
 
-            verdicts = verify(lesson, seeds, record_dir, str(device()))
+                stopped = {name: stopped.get(name, died) for name in lesson_module(lesson).EXERCISES}
+            verdicts = judge_job(lesson, job.record, job.seeds, job.device, stopped)
+        finally:
+            if job is not None:
+                job.remove()
+        flags = scan(nb, lesson)
+        for v in verdicts.values():
+            flags += [f for f in v.flags if f not in flags]
+        from nbformat.v4 import new_output
+
         for cell in nb.cells:
-            meta = cell.get("metadata", {}).get("nbgrader", {})
-            if not (meta.get("grade") and not meta.get("solution") and cell.cell_type == "code"):
-                continue
-            name = meta.get("grade_id", "")[: -len("_hidden")]
+            name = _graded_exercise(cell)
             if name not in verdicts:
                 continue
             v = verdicts[name]
-            from nbformat.v4 import new_output
-
-            if v["passed"]:
-                cell.outputs = [new_output("stream", name="stdout", text=v["message"] + "\n")]
+            if v.passed:
+                cell.outputs = [new_output("stream", name="stdout", text=v.message + "\n")]
             else:
-                ename, _, evalue = v["message"].partition(": ")
-                if status:
-                    evalue += f"\n  ({status})"
+                ename, _, evalue = v.message.partition(": ")
                 cell.outputs = [new_output("error", ename=ename or "AssertionError", evalue=evalue,
                                            traceback=[f"{ename}: {evalue}"])]
+        notes = []
+        if flags:
+            notes.append(FLAGS_PREFIX + " " + "; ".join(flags) + ".")
+        sandbox = status()
+        if not sandbox.startswith("on"):
+            notes.append(f"**Sandbox:** {sandbox}.")
+        if notes:
+            _add_notes(nb, notes)
         return nb, resources
 
 
-def _student_code(nb) -> list[str]:
-    """Setup cells before the first answer, then every answer and every unmarked code cell."""
-    cells, seen_answer = [], False
+FLAGS_PREFIX = "**Integrity flags (for the instructor):**"
+
+
+def _graded_exercise(cell) -> str | None:
+    meta = cell.get("metadata", {}).get("nbgrader", {})
+    if cell.cell_type == "code" and meta.get("grade") and not meta.get("solution"):
+        gid = meta.get("grade_id", "")
+        return gid[: -len("_hidden")] if gid.endswith("_hidden") else gid
+    return None
+
+
+def _stopped_cells(nb) -> dict[str, str]:
+    """Why a graded cell has no complete record, as far as the execution shows (a time-out)."""
+    out = {}
     for cell in nb.cells:
-        if cell.cell_type != "code":
+        name = _graded_exercise(cell)
+        if name is None:
             continue
-        meta = cell.get("metadata", {}).get("nbgrader", {})
-        if meta.get("solution"):
-            seen_answer = True
-            cells.append(cell.source)
-        elif not meta:
-            cells.append(cell.source)  # the student's own cells
-        elif not seen_answer and meta.get("locked") and not meta.get("grade"):
-            cells.append(cell.source)  # the lesson's setup (imports, LESSON, weights)
-    return cells
+        for o in cell.get("outputs", []):
+            if o.get("output_type") == "error" and "Timeout" in str(o.get("ename", "")):
+                out[name] = "timeout: the cell ran past its time limit (an endless loop?)"
+    return out
 
 
-def _memory_limit() -> int | None:
-    # An address-space limit breaks CUDA's large virtual reservations: CPU runs only.
-    if _os.environ.get("COURSE_DEVICE", "").startswith("cuda"):
-        return None
-    try:
-        import torch
+def _add_notes(nb, lines: list[str]) -> None:
+    import nbformat
 
-        if torch.cuda.is_available():
-            return None
-    except Exception:  # noqa: BLE001
-        pass
-    return int(_os.environ.get("COURSE_MEMORY_LIMIT", str(8 << 30)))
+    for cell in nb.cells:
+        if cell.get("id") == "grading-notes":
+            cell.source = cell.source + "\n\n" + "\n\n".join(lines)
+            return
+    note = nbformat.v4.new_markdown_cell("\n\n".join(lines))
+    note["id"] = "grading-notes"
+    nb.cells.insert(0, note)

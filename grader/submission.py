@@ -31,7 +31,20 @@ class Normalised:
 
 
 def _nbgrader(cell) -> dict:
-    return cell.get("metadata", {}).get("nbgrader", {}) or {}
+    """A cell's nbgrader metadata, or {} when it is missing or not what nbgrader writes (crafted:
+    a list, a number, a non-string grade id): such a cell is treated as having lost its metadata."""
+    meta = cell.get("metadata") if isinstance(cell, dict) else None
+    meta = meta.get("nbgrader") if isinstance(meta, dict) else None
+    if not isinstance(meta, dict) or not isinstance(meta.get("grade_id", ""), str):
+        return {}
+    return meta
+
+
+def _source(cell) -> str:
+    src = cell.get("source", "") if isinstance(cell, dict) else ""
+    if isinstance(src, list) and all(isinstance(s, str) for s in src):
+        return "".join(src)
+    return src if isinstance(src, str) else ""
 
 
 def read_notebook(path: Path) -> NotebookNode:
@@ -57,7 +70,7 @@ def _answer_key(cell) -> str | None:
     if gid:
         return gid
     if cell.get("cell_type") == "code":
-        names = _DEF.findall(cell.get("source", ""))
+        names = _DEF.findall(_source(cell))
         if names:
             return f"def:{names[-1]}"
     return None
@@ -86,9 +99,9 @@ def normalise(submitted: NotebookNode, source: NotebookNode) -> Normalised:
         if gid and gid not in student_answer and (meta.get("solution") or not meta):
             if not meta:
                 stripped += 1
-            student_answer[gid] = cell.get("source", "")
+            student_answer[gid] = _source(cell)
             last = gid
-        elif not meta and cell.get("cell_type") == "code" and cell.get("source", "").strip():
+        elif not meta and cell.get("cell_type") == "code" and _source(cell).strip():
             extras_after.setdefault(last, []).append(cell)  # the student's own scratch/helper cell
     if stripped:
         notes.append(f"{stripped} answer cell(s) had lost their nbgrader metadata: matched by the function they define")
@@ -107,7 +120,7 @@ def normalise(submitted: NotebookNode, source: NotebookNode) -> Normalised:
         meta = _nbgrader(cell)
         if meta.get("solution"):
             gid = meta["grade_id"]
-            cells.extend(_copy(c) for c in pending_start)
+            cells.extend(_student_cell(c) for c in pending_start)
             pending_start = []
             new = _copy(cell)
             if gid in student_answer:
@@ -115,7 +128,7 @@ def normalise(submitted: NotebookNode, source: NotebookNode) -> Normalised:
             else:
                 new.source = "raise NotImplementedError('this answer cell was missing from the submission')"
             cells.append(new)
-            cells.extend(_copy(c) for c in extras_after.get(gid, []))
+            cells.extend(_student_cell(c) for c in extras_after.get(gid, []))
         else:
             cells.append(_copy(cell))
     nb = nbformat.v4.new_notebook(cells=cells, metadata=source.metadata)
@@ -124,6 +137,11 @@ def normalise(submitted: NotebookNode, source: NotebookNode) -> Normalised:
         if c.cell_type == "code":
             c.outputs, c.execution_count = [], None
     return Normalised(nb, notes, missing)
+
+
+def _student_cell(cell) -> NotebookNode:
+    """A student's own code cell, rebuilt: only its source survives (no crafted metadata or outputs)."""
+    return nbformat.v4.new_code_cell(source=_source(cell))
 
 
 def _copy(cell) -> NotebookNode:

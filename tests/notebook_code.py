@@ -84,12 +84,43 @@ def in_process_score(assignment: str, path) -> float:
     return total
 
 
-def trusted_verdicts(assignment: str, cells: list[str], folder, *, seed_base: int, per_exercise_s: int) -> dict:
-    """Record ``cells`` and verify the record (grader.replay), as TrustedGrade does, in-process."""
-    from grader import replay
-    from grader.exercises import lesson
+def trusted_verdicts(assignment: str, cells: list[str], folder, *, seed_base: int, per_exercise_s: int = 60) -> dict:
+    """What trusted grading decides for ``cells``, in-process: the cells run as a grading kernel
+    runs them, each hidden-test cell records (grader.exercises.grade with the job's folder and
+    seeds set), then grader.verify judges the record. {exercise: {"passed", "message", "flags"}}.
+    ``per_exercise_s`` is kept for callers; the in-process run has no per-cell limit.
+    """
+    import contextlib
+    import io
+    import json
+    import os
+    from pathlib import Path
 
-    seeds = {name: seed_base + i for i, name in enumerate(lesson(assignment).EXERCISES)}
-    replay.record(assignment, cells, seeds, folder / "rec", per_exercise_s=per_exercise_s)
-    return replay.verify(assignment, seeds, folder / "rec")
+    from grader.exercises import DEVICE_ENV, RECORD_DIR_ENV, SEEDS_ENV, grade, lesson
+    from grader.verify import judge_job
 
+    names = list(lesson(assignment).EXERCISES)
+    seeds = {name: seed_base + i for i, name in enumerate(names)}
+    record = Path(folder) / "rec"
+    record.mkdir(parents=True, exist_ok=True)
+    ns: dict = {"__name__": "__main__"}
+    for src in cells:
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                exec(compile(src, "<submission>", "exec"), ns)
+        except BaseException:  # noqa: BLE001: a failing cell is skipped, as in the kernel
+            continue
+    saved = {k: os.environ.get(k) for k in (RECORD_DIR_ENV, SEEDS_ENV, DEVICE_ENV)}
+    os.environ.update({RECORD_DIR_ENV: str(record), SEEDS_ENV: json.dumps(seeds), DEVICE_ENV: "cpu"})
+    try:
+        for name in names:
+            try:
+                with contextlib.redirect_stdout(io.StringIO()):
+                    grade(assignment, name, ns.get(name))
+            except BaseException:  # noqa: BLE001
+                pass
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    verdicts = judge_job(assignment, record, seeds, "cpu")
+    return {name: {"passed": v.passed, "message": v.message, "flags": v.flags} for name, v in verdicts.items()}

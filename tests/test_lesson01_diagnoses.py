@@ -1,7 +1,7 @@
 """Lesson 1's public checks name the classic mistakes, and its answers survive trusted grading.
 
 Generic pass/fail cases (solution passes, every wrong implementation fails, stubs): test_hidden_tests.py.
-Lesson 1 returns modules and nested lists, which trusted grading (grader/replay.py) can only
+Lesson 1 returns modules and nested lists, which trusted grading (grader/record.py) can only
 carry as tensors: the record/verify cases below prove the verdicts are the same that way.
 """
 

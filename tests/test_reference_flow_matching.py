@@ -238,3 +238,45 @@ def test_pipelines_call_the_scheduler_as_stated():
     params = inspect.signature(p3.StableDiffusion3Pipeline.__call__).parameters
     assert params["sigmas"].default is None and params["num_inference_steps"].default == 28
     assert "timestep = t.expand(latent_model_input.shape[0])" in inspect.getsource(p3.StableDiffusion3Pipeline.__call__)
+
+
+def test_with_dynamic_shifting_the_static_shift_is_not_used():
+    """Flux's scheduler config has shift=3.0 and use_dynamic_shifting=True: set_timesteps(mu=...)
+    applies only the time shift, and __init__ leaves the training table (so sigma_min) unshifted."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    src = inspect.getsource(FlowMatchEulerDiscreteScheduler.__init__)
+    assert "if not use_dynamic_shifting:" in src
+    for kw in (dict(), dict(sigmas=np.linspace(1.0, 1 / 6, 6).tolist())):
+        with_shift, without = _sched(shift=3.0, use_dynamic_shifting=True), _sched(use_dynamic_shifting=True)
+        with_shift.set_timesteps(6, mu=0.8, **kw)
+        without.set_timesteps(6, mu=0.8, **kw)
+        torch.testing.assert_close(with_shift.sigmas, without.sigmas, rtol=0, atol=0)
+        torch.testing.assert_close(with_shift.sigmas, ref.flow_schedule(6, shift=3.0, mu=0.8, **kw)[1], rtol=0, atol=0)
+    assert _sched(shift=3.0, use_dynamic_shifting=True).sigma_min == pytest.approx(1 / 1000)
+    assert _sched(shift=3.0).sigma_min == pytest.approx(3 * 0.001 / (1 + 2 * 0.001))
+
+
+def test_flux_packed_length_with_other_vae_factors_matches_the_pipeline():
+    pf = _flux_module()
+    for vsf in (4, 8, 16):
+        pipe = pf.FluxPipeline.__new__(pf.FluxPipeline)
+        pipe.vae_scale_factor = vsf
+        for H, W in ((1000, 744), (300, 452), (1360, 776)):
+            latents, _ = pipe.prepare_latents(1, 16, H, W, torch.float32, "cpu", torch.Generator().manual_seed(0))
+            assert latents.shape[1] == ref.flux_image_seq_len(H, W, vsf)
+    src = inspect.getsource(pf.FluxPipeline.__init__)
+    assert "self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)" in src
+    call = inspect.getsource(pf.FluxPipeline.__call__)
+    for key in ("base_image_seq_len", "max_image_seq_len", "base_shift", "max_shift"):
+        assert f'self.scheduler.config.get("{key}"' in call   # the anchors come from the scheduler config
+
+
+def test_anchor_fallbacks_the_lesson_names():
+    """LTX2Pipeline's calculate_shift fallbacks (1024, 4096, 0.95, 2.05), named in the notebook and the cases."""
+    import diffusers.pipelines.ltx2.pipeline_ltx2 as p
+
+    src = inspect.getsource(p.LTX2Pipeline.__call__)
+    for key, value in (("base_image_seq_len", "1024"), ("max_image_seq_len", "4096"), ("base_shift", "0.95"),
+                       ("max_shift", "2.05")):
+        assert f'self.scheduler.config.get("{key}", {value})' in src

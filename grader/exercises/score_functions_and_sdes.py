@@ -1,13 +1,16 @@
 """Lesson 4 (Score Functions & SDEs): public checks and hidden tests for every exercise.
 
-Public checks: fixed small inputs on the CPU. Hidden tests: a seed drawn at grading time,
-shapes and settings the public checks do not use (batch > 1, 2D points and images,
-non-square images, other beta / sigma ranges, per-sample timesteps), the real
-google/ddpm-cifar10-32 UNet when present, and the GPU when there is one.
+Each exercise: ``cases`` (inputs from the context's seed; runs beside the student's code, so
+no reference here: the schedulers built in ``cases`` only supply inputs, such as a noise
+level or an alpha-bar) and ``judge`` (reference + comparison; trusted side only). Public
+checks: fixed small inputs on the CPU. Hidden tests: the grader's seed, shapes and settings
+the public checks do not use (batch > 1, 2D points and images, non-square images, other
+beta / sigma ranges and beta schedules, per-sample timesteps, Stable Diffusion's DDIM
+configuration), the real google/ddpm-cifar10-32 UNet when present, and the GPU when there is one.
 
-Stochastic steps are made deterministic by passing the noise tensor in: the reference draws
-it from a seeded generator inside diffusers' scheduler, the student's function receives the
-very same draw.
+Stochastic steps are made deterministic by passing the noise tensor in: the judge lets
+diffusers' scheduler draw it from a generator seeded from the case, and the student's
+function receives the very same draw.
 """
 
 from __future__ import annotations
@@ -16,12 +19,9 @@ import math
 
 import torch
 
-from .. import weights
 from ..compare import ComparisonError, assert_close
-from ..exercise import call
 from ..reference import score_functions_and_sdes as ref
-from ..runtime import generator, randn
-from . import build, device_for, passed, seed_for
+from . import Case, Context, Exercise, exercises
 
 LESSON = "04_score_functions_and_sdes"
 
@@ -40,106 +40,120 @@ def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return v.reshape((-1,) + (1,) * (like.ndim - 1))
 
 
-def _uniform(n: int, lo: float, hi: float, seed: int) -> torch.Tensor:
-    return lo + (hi - lo) * torch.rand(n, generator=generator(seed))
+def _uniform(ctx: Context, n: int, lo: float, hi: float, offset: int) -> torch.Tensor:
+    """n values uniform in [lo, hi), on the CPU (settings and times; moved to the device by the caller)."""
+    return lo + (hi - lo) * torch.rand(n, generator=ctx.generator(offset))
 
 
 # ---------------------------------------------------------------- 1. score of a Gaussian mixture
-def _mixture(K: int, D: int, seed: int, dev) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _mixture(ctx: Context, K: int, D: int, offset: int, fixed: bool):
     """Overlapping components of different widths, so that every part of the responsibilities matters."""
-    if seed == 0 and (K, D) == (3, 2):  # the public check's mixture
-        return (torch.tensor([[0.0, 0.0], [1.5, 0.5], [-1.0, 1.2]], device=dev),
-                torch.tensor([0.5, 1.2, 0.8], device=dev), torch.tensor([0.5, 0.3, 0.2], device=dev))
-    g = generator(seed)
+    if fixed:  # the public check's first mixture
+        return (torch.tensor([[0.0, 0.0], [1.5, 0.5], [-1.0, 1.2]], device=ctx.device),
+                torch.tensor([0.5, 1.2, 0.8], device=ctx.device), torch.tensor([0.5, 0.3, 0.2], device=ctx.device))
+    g = ctx.generator(offset)
     means = torch.randn(K, D, generator=g)
     stds = 0.5 + 1.2 * torch.rand(K, generator=g)
     weights_ = torch.rand(K, generator=g) + 0.1
-    return means.to(dev), stds.to(dev), (weights_ / weights_.sum()).to(dev)
+    return means.to(ctx.device), stds.to(ctx.device), (weights_ / weights_.sum()).to(ctx.device)
 
 
-def _points(N: int, D: int, means: torch.Tensor, seed: int, dev, far: bool) -> torch.Tensor:
+def _points(ctx: Context, N: int, D: int, means: torch.Tensor, offset: int, far: bool) -> torch.Tensor:
     """N query points near the components, or (``far``) far from all of them."""
-    x = torch.randn(N, D, generator=generator(seed))
+    x = torch.randn(N, D, generator=ctx.generator(offset))
     if far:  # exp(-|x - mu|^2 / 2 std^2) underflows in float32 out here: 0/0 unless computed in log space
         x = x / x.norm(dim=1, keepdim=True) * (10.0 * means.abs().max().cpu() + 25.0)
     else:
         x = x * 2.0
-    return x.to(dev)
+    return x.to(ctx.device)
 
 
-def _check_gmm(fn, hidden: bool) -> str:
-    dev, seed = device_for(hidden), seed_for(hidden)
+def _gmm_cases(ctx: Context):
     # Far points get their own case: their scores are ~100x longer and would hide errors elsewhere.
-    if hidden:
-        cases = [(40, 2, 4, False), (7, 3, 2, False), (5, 5, 1, False), (12, 2, 6, False), (6, 3, 3, True)]
+    if ctx.hidden:
+        configs = [(40, 2, 4, False), (7, 3, 2, False), (5, 5, 1, False), (12, 2, 6, False), (6, 3, 3, True)]
     else:
-        cases = [(6, 2, 3, False), (2, 2, 3, True)]
-    for i, (N, D, K, far) in enumerate(cases):
-        means, stds, w = _mixture(K, D, seed + 10 * i, dev)
-        x = _points(N, D, means, seed + 10 * i + 1, dev, far)
-        expected = ref.gmm_score(x, means, stds, w)
-        label = f"{N} {'far-away ' if far else ''}points in {D}D, {K} components"
-        got = call(fn, "gmm_score", x, means, stds, w, forbidden=FORBID_GMM, case=label)
-        v = lambda **kw: ref.gmm_score_variant(x, means, stds, w, **kw).to(dev)  # noqa: E731
-        try:
-            assert_close(got, expected, name=f"gmm_score on {label}", variants={
-                "unnormalised responsibilities: the gradient of p(x), not of log p(x)": v(normalise=False),
-                "every component weighted equally (responsibilities ignored)": v(equal_resp=True),
-                "the mixture weights left out of the responsibilities": v(use_weights=False),
-                "each component's normalising constant (1/std^D) left out of the responsibilities":
-                    v(use_norm_const=False),
-                "(mu - x) divided by the std instead of the variance": v(power=1),
-            })
-        except ComparisonError as err:
-            if isinstance(got, torch.Tensor) and got.shape == expected.shape and not torch.isfinite(got).all():
-                raise ComparisonError(
-                    f"{err}\n  hint: far from every component each exp(-|x - mu|^2 / 2 std^2) underflows to 0 and "
-                    f"the responsibilities become 0/0. Compute them from log-terms with a softmax "
-                    f"(torch.softmax or logsumexp subtract the largest term first).") from None
-            raise
-    return passed("gmm_score", len(cases), None, hidden)
+        configs = [(6, 2, 3, False), (2, 2, 3, True)]
+    for i, (N, D, K, far) in enumerate(configs):
+        means, stds, w = _mixture(ctx, K, D, 10 * i, fixed=not ctx.hidden and i == 0)
+        x = _points(ctx, N, D, means, 10 * i + 1, far)
+        yield Case(f"{N} {'far-away ' if far else ''}points in {D}D, {K} components", (x, means, stds, w))
+
+
+def _gmm_judge(case: Case, got) -> None:
+    x, means, stds, w = case.args
+    expected = ref.gmm_score(x, means, stds, w)
+    v = lambda **kw: lambda: ref.gmm_score_variant(x, means, stds, w, **kw).to(x.device)  # noqa: E731
+    try:
+        assert_close(got, expected, name=f"gmm_score on {case.label}", variants={
+            "unnormalised responsibilities: the gradient of p(x), not of log p(x)": v(normalise=False),
+            "every component weighted equally (responsibilities ignored)": v(equal_resp=True),
+            "the mixture weights left out of the responsibilities": v(use_weights=False),
+            "each component's normalising constant (1/std^D) left out of the responsibilities":
+                v(use_norm_const=False),
+            "(mu - x) divided by the std instead of the variance": v(power=1),
+        })
+    except ComparisonError as err:
+        if isinstance(got, torch.Tensor) and got.shape == expected.shape and not torch.isfinite(got).all():
+            raise ComparisonError(
+                f"{err}\n  hint: far from every component each exp(-|x - mu|^2 / 2 std^2) underflows to 0 and "
+                f"the responsibilities become 0/0. Compute them from log-terms with a softmax "
+                f"(torch.softmax or logsumexp subtract the largest term first).") from None
+        raise
 
 
 # ---------------------------------------------------------------- 2. score from a noise prediction
-def _ddpm_scheduler(dev):
-    """The DDPM schedule of google/ddpm-cifar10-32 (1000 linear betas 1e-4..0.02), tensors on ``dev``."""
+#: DDPM beta schedules real checkpoints use: google/ddpm-cifar10-32 (linear 1e-4..0.02), Stable
+#: Diffusion (scaled_linear 0.00085..0.012), improved DDPM (squaredcos_cap_v2).
+_DDPM_SCHEDULES = {
+    "linear": dict(beta_start=1e-4, beta_end=0.02, beta_schedule="linear"),
+    "scaled_linear": dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"),
+    "squaredcos_cap_v2": dict(beta_schedule="squaredcos_cap_v2"),
+}
+
+
+def _ddpm_scheduler(kind: str, dev):
+    """A DDPMScheduler with one of the schedules above, its tables on ``dev`` (an input, not a reference)."""
     from diffusers import DDPMScheduler
 
-    sched = DDPMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
-                          clip_sample=False)
+    sched = DDPMScheduler(num_train_timesteps=1000, clip_sample=False, **_DDPM_SCHEDULES[kind])
     for attr in ("betas", "alphas", "alphas_cumprod"):
         setattr(sched, attr, getattr(sched, attr).to(dev))
     return sched
 
 
-def _check_ddpm_score(fn, hidden: bool) -> str:
-    dev, seed = device_for(hidden), seed_for(hidden)
+def _ddpm_cases(ctx: Context):
     # The public check stays instant on the stand-in; hidden tests use the real UNet when present.
-    unet, source = weights.get("ddpm_unet", dev, standin=not hidden)
-    cases = [(2, 32, 32), (2, 16, 24)] if hidden else [(2, 8, 8)]
-    for i, (B, H, W) in enumerate(cases):
-        sched = _ddpm_scheduler(dev)
-        g = generator(seed + 100 + i)
+    unet = ctx.weights("ddpm_unet", standin=not ctx.hidden)
+    if ctx.hidden:
+        configs = [(2, 32, 32, "linear"), (2, 16, 24, "squaredcos_cap_v2"), (3, 8, 16, "scaled_linear")]
+    else:
+        configs = [(2, 8, 8, "linear"), (1, 8, 8, "scaled_linear")]
+    for i, (B, H, W, kind) in enumerate(configs):
+        sched = _ddpm_scheduler(kind, ctx.device)
+        g = ctx.generator(100 + i)
         t = torch.randint(0, 1000, (B,), generator=g)
         t[0] = torch.randint(0, 40, (1,), generator=g)        # a small t: 1 - alphabar far from 1
-        t = t.to(dev)
-        x0 = randn(B, 3, H, W, seed=seed + 10 * i, dev=dev).clamp(-1, 1)
-        noise = randn(B, 3, H, W, seed=seed + 10 * i + 1, dev=dev)
+        t = t.to(ctx.device)
+        x0 = ctx.randn(B, 3, H, W, offset=10 * i).clamp(-1, 1)
+        noise = ctx.randn(B, 3, H, W, offset=10 * i + 1)
         x_t = sched.add_noise(x0, noise, t)
-        expected = ref.ddpm_score(unet, sched.alphas_cumprod, x_t, t)
-        label = f"x_t {(B, 3, H, W)}, t {t.tolist()}"
-        got = call(fn, "ddpm_score", unet, sched, x_t, t, case=label)
-        ab, a = _bcast(sched.alphas_cumprod[t], x_t), _bcast(sched.alphas[t], x_t)
-        eps = -expected * (1 - ab).sqrt()                     # the UNet's output, without another forward
-        assert_close(got, expected, name=f"ddpm_score on {label}", variants={
-            "alpha_t (scheduler.alphas) in place of alpha-bar (scheduler.alphas_cumprod)": -eps / (1 - a).sqrt(),
-            "1 - alphabar without its square root": -eps / (1 - ab),
-            "sqrt(alphabar) in place of sqrt(1 - alphabar)": -eps / ab.sqrt(),
-            "the noise prediction itself, not divided by the noise std": -eps,
-            "the UNet called with t / 1000 (continuous time) instead of the integer DDPM step":
-                lambda: -ref.unet_eps(unet, x_t, t.float() / 1000) / (1 - ab).sqrt(),
-        })
-    return passed("ddpm_score", len(cases), source, hidden)
+        yield Case(f"x_t {(B, 3, H, W)}, {kind} betas, t {t.tolist()}", (unet, sched, x_t, t))
+
+
+def _ddpm_judge(case: Case, got) -> None:
+    unet, sched, x_t, t = case.args
+    expected = ref.ddpm_score(unet, sched.alphas_cumprod, x_t, t)
+    ab, a = _bcast(sched.alphas_cumprod[t], x_t), _bcast(sched.alphas[t], x_t)
+    eps = -expected * (1 - ab).sqrt()                     # the UNet's output, without another forward
+    assert_close(got, expected, name=f"ddpm_score on {case.label}", variants={
+        "alpha_t (scheduler.alphas) in place of alpha-bar (scheduler.alphas_cumprod)": -eps / (1 - a).sqrt(),
+        "1 - alphabar without its square root": -eps / (1 - ab),
+        "sqrt(alphabar) in place of sqrt(1 - alphabar)": -eps / ab.sqrt(),
+        "the noise prediction itself, not divided by the noise std": -eps,
+        "the UNet called with t / 1000 (continuous time) instead of the integer DDPM step":
+            lambda: -ref.unet_eps(unet, x_t, t.float() / 1000) / (1 - ab).sqrt(),
+    })
 
 
 # ---------------------------------------------------------------- 3. VP forward process
@@ -152,60 +166,88 @@ def _vp_variant(x0, noise, t, bmin, bmax, *, integral=None, std_power=2, sqrt_me
     return mean * x0 + std * noise
 
 
-def _check_vp(fn, hidden: bool) -> str:
-    dev, seed = device_for(hidden), seed_for(hidden)
-    if hidden:
-        cases = [((3, 3, 8, 12), 0.1, 20.0), ((64, 2), 0.1, 20.0), ((2, 4, 6, 6), 0.05, 12.0), ((5, 7), 1.0, 5.0)]
+def _vp_cases(ctx: Context):
+    if ctx.hidden:
+        configs = [((3, 3, 8, 12), 0.1, 20.0), ((64, 2), 0.1, 20.0), ((2, 4, 6, 6), 0.05, 12.0), ((5, 7), 1.0, 5.0)]
     else:
-        cases = [((4, 3, 4, 4), 0.1, 20.0)]
-    for i, (shape, bmin, bmax) in enumerate(cases):
-        B = shape[0]
-        x0 = randn(*shape, seed=seed + 10 * i, dev=dev)
-        noise = randn(*shape, seed=seed + 10 * i + 1, dev=dev)
-        t = _uniform(B, 0.0, 1.0, seed + 10 * i + 2)
+        configs = [((4, 3, 4, 4), 0.1, 20.0)]
+    for i, (shape, bmin, bmax) in enumerate(configs):
+        x0 = ctx.randn(*shape, offset=10 * i)
+        noise = ctx.randn(*shape, offset=10 * i + 1)
+        t = _uniform(ctx, shape[0], 0.0, 1.0, 10 * i + 2)
         t[0] = 0.02 + 0.1 * t[0]                              # one early time: mostly signal
-        t = t.to(dev)
-        expected = ref.vp_perturb(x0, noise, t, bmin, bmax)
-        label = f"x0 {shape}, beta_min {bmin}, beta_max {bmax}"
-        got = call(fn, "vp_perturb", x0, noise, t, bmin, bmax, case=label)
-        beta_t = ref.vp_beta(t, bmin, bmax)
-        assert_close(got, expected, name=f"vp_perturb on {label}", variants={
-            "alphabar and 1 - alphabar without their square roots": _vp_variant(x0, noise, t, bmin, bmax, sqrt_mean=False),
-            "alphabar = exp(-beta(t) t) (the rate at time t, not its integral from 0 to t)":
-                _vp_variant(x0, noise, t, bmin, bmax, integral=beta_t * t),
-            "the 1/2 of the integral of the linear part dropped (beta_min t + (beta_max - beta_min) t^2)":
-                _vp_variant(x0, noise, t, bmin, bmax, integral=bmin * t + (bmax - bmin) * t ** 2),
-            "noise std sqrt(1 - sqrt(alphabar)): the mean coefficient not squared":
-                _vp_variant(x0, noise, t, bmin, bmax, std_power=1),
-        })
-    return passed("vp_perturb", len(cases), None, hidden)
+        yield Case(f"x0 {shape}, beta_min {bmin}, beta_max {bmax}", (x0, noise, t.to(ctx.device), bmin, bmax))
+
+
+def _vp_judge(case: Case, got) -> None:
+    x0, noise, t, bmin, bmax = case.args
+    beta_t = ref.vp_beta(t, bmin, bmax)
+    assert_close(got, ref.vp_perturb(x0, noise, t, bmin, bmax), name=f"vp_perturb on {case.label}", variants={
+        "alphabar and 1 - alphabar without their square roots": _vp_variant(x0, noise, t, bmin, bmax, sqrt_mean=False),
+        "alphabar = exp(-beta(t) t) (the rate at time t, not its integral from 0 to t)":
+            _vp_variant(x0, noise, t, bmin, bmax, integral=beta_t * t),
+        "the 1/2 of the integral of the linear part dropped (beta_min t + (beta_max - beta_min) t^2)":
+            _vp_variant(x0, noise, t, bmin, bmax, integral=bmin * t + (bmax - bmin) * t ** 2),
+        "noise std sqrt(1 - sqrt(alphabar)): the mean coefficient not squared":
+            _vp_variant(x0, noise, t, bmin, bmax, std_power=1),
+    })
 
 
 # ---------------------------------------------------------------- 4. VE forward process
-def _check_ve(fn, hidden: bool) -> str:
-    dev, seed = device_for(hidden), seed_for(hidden)
-    if hidden:
-        cases = [((3, 3, 8, 12), 0.01, 1348.0), ((50, 2), 0.01, 50.0), ((4, 2, 5, 5), 0.002, 80.0)]
+def _ve_cases(ctx: Context):
+    if ctx.hidden:
+        configs = [((3, 3, 8, 12), 0.01, 1348.0), ((50, 2), 0.01, 50.0), ((4, 2, 5, 5), 0.002, 80.0)]
     else:
-        cases = [((4, 3, 4, 4), 0.01, 50.0)]
-    for i, (shape, smin, smax) in enumerate(cases):
-        B = shape[0]
-        x0 = randn(*shape, seed=seed + 10 * i, dev=dev)
-        noise = randn(*shape, seed=seed + 10 * i + 1, dev=dev)
-        t = _uniform(B, 0.0, 1.0, seed + 10 * i + 2)
+        configs = [((4, 3, 4, 4), 0.01, 50.0)]
+    for i, (shape, smin, smax) in enumerate(configs):
+        x0 = ctx.randn(*shape, offset=10 * i)
+        noise = ctx.randn(*shape, offset=10 * i + 1)
+        t = _uniform(ctx, shape[0], 0.0, 1.0, 10 * i + 2)
         t[0] = 0.15 * t[0]                                    # one early time: sigma near sigma_min
-        t = t.to(dev)
-        expected = ref.ve_perturb(x0, noise, t, smin, smax)
-        label = f"x0 {shape}, sigma_min {smin}, sigma_max {smax}"
-        got = call(fn, "ve_perturb", x0, noise, t, smin, smax, forbidden=FORBID_VE, case=label)
-        sigma = _bcast(ref.ve_sigma(t, smin, smax), x0)
-        assert_close(got, expected, name=f"ve_perturb on {label}", variants={
-            "the noise scaled by sigma^2 (the variance) instead of sigma": x0 + sigma ** 2 * noise,
-            "sigma interpolated linearly in t, not geometrically": x0 + _bcast(smin + t * (smax - smin), x0) * noise,
-            "time running backwards: sigma_max (sigma_min / sigma_max)^t": x0 + _bcast(smax * (smin / smax) ** t, x0) * noise,
-            "a VP-style scaling of x_t by 1 / sqrt(1 + sigma^2)": (x0 + sigma * noise) / (1 + sigma ** 2).sqrt(),
-        })
-    return passed("ve_perturb", len(cases), None, hidden)
+        yield Case(f"x0 {shape}, sigma_min {smin}, sigma_max {smax}", (x0, noise, t.to(ctx.device), smin, smax))
+
+
+def _ve_judge(case: Case, got) -> None:
+    x0, noise, t, smin, smax = case.args
+    sigma = _bcast(ref.ve_sigma(t, smin, smax), x0)
+    assert_close(got, ref.ve_perturb(x0, noise, t, smin, smax), name=f"ve_perturb on {case.label}", variants={
+        "the noise scaled by sigma^2 (the variance) instead of sigma": x0 + sigma ** 2 * noise,
+        "sigma interpolated linearly in t, not geometrically": x0 + _bcast(smin + t * (smax - smin), x0) * noise,
+        "time running backwards: sigma_max (sigma_min / sigma_max)^t": x0 + _bcast(smax * (smin / smax) ** t, x0) * noise,
+        "a VP-style scaling of x_t by 1 / sqrt(1 + sigma^2)": (x0 + sigma * noise) / (1 + sigma ** 2).sqrt(),
+    })
+
+
+# ---------------------------------------------------------------- inputs of one reverse-time step
+def _vp_step_inputs(ctx: Context, shape, bmin: float, bmax: float, N: int, offset: int):
+    """Inputs of one VP step, as ScoreSdeVpScheduler.step_pred sees them: the model's output eps is
+    drawn; the score is -eps / std(t), f = -beta(t) x / 2, g = sqrt(beta(t)), dt = 1 / N."""
+    x = ctx.randn(*shape, offset=offset)
+    eps = ctx.randn(*shape, offset=offset + 1)
+    t = _uniform(ctx, shape[0], 1e-3, 1.0, offset + 2).to(ctx.device)
+    log_mean_coeff = -0.25 * t ** 2 * (bmax - bmin) - 0.5 * t * bmin
+    std = torch.sqrt(1.0 - torch.exp(2.0 * log_mean_coeff))
+    beta_t = bmin + t * (bmax - bmin)
+    score = -eps / _bcast(std, eps)
+    drift = -0.5 * _bcast(beta_t, x) * x
+    return x, eps, t, score, drift, torch.sqrt(beta_t), 1.0 / N
+
+
+def _ve_scheduler(smin: float, smax: float, N: int):
+    """A ScoreSdeVeScheduler set up as ScoreSdeVePipeline does (set_timesteps, then set_sigmas)."""
+    from diffusers import ScoreSdeVeScheduler
+
+    sched = ScoreSdeVeScheduler(sigma_min=smin, sigma_max=smax)
+    sched.set_timesteps(N)
+    sched.set_sigmas(N)
+    return sched
+
+
+def _ve_step_sigmas(sched, timestep, batch: int):
+    """(sigma, adjacent sigma), each (B,), that ScoreSdeVeScheduler.step_pred uses at ``timestep``."""
+    timestep = timestep * torch.ones(batch)
+    index = (timestep * (len(sched.timesteps) - 1)).long()
+    return sched.discrete_sigmas[index], sched.get_adjacent_sigma(index, timestep)
 
 
 # ---------------------------------------------------------------- 5. reverse SDE: one Euler-Maruyama step
@@ -223,56 +265,49 @@ def _sde_variants(x, score, drift, g, dt, noise):
     }
 
 
-def _vp_case(shape, bmin, bmax, N, seed, dev):
-    """Inputs of one VP step; the model's output eps is drawn, the score is -eps / std(t)."""
-    B = shape[0]
-    x = randn(*shape, seed=seed, dev=dev)
-    eps = randn(*shape, seed=seed + 1, dev=dev)
-    t = _uniform(B, 1e-3, 1.0, seed + 2).to(dev)
-    mean, std = ref.vp_mean_std(t, bmin, bmax)
-    score = -eps / _bcast(std, eps)
-    beta_t = ref.vp_beta(t, bmin, bmax)
-    drift = -0.5 * _bcast(beta_t, x) * x
-    return x, eps, t, score, drift, torch.sqrt(beta_t), 1.0 / N
-
-
-def _noise_like(shape, seed: int, dev) -> torch.Tensor:
-    """The draw diffusers' randn_tensor makes from a CPU generator seeded with ``seed``."""
-    return torch.randn(shape, generator=generator(seed)).to(dev)
-
-
-def _check_reverse_sde(fn, hidden: bool) -> str:
-    dev, seed = device_for(hidden), seed_for(hidden)
-    if hidden:
-        cases = [("vp", (3, 3, 8, 12), 0.1, 20.0, 1000), ("vp", (64, 2), 0.05, 12.0, 37),
-                 ("ve", (2, 3, 6, 10), 0.01, 50.0, 25), ("ve", (40, 2), 0.002, 80.0, 100)]
+def _sde_cases(ctx: Context):
+    if ctx.hidden:
+        configs = [("vp", (3, 3, 8, 12), 0.1, 20.0, 1000), ("vp", (64, 2), 0.05, 12.0, 37),
+                   ("ve", (2, 3, 6, 10), 0.01, 50.0, 25), ("ve", (40, 2), 0.002, 80.0, 100)]
     else:
-        cases = [("vp", (2, 3, 4, 4), 0.1, 20.0, 50), ("ve", (2, 3, 4, 4), 0.01, 50.0, 10)]
-    for i, (kind, shape, lo, hi, N) in enumerate(cases):
-        s = seed + 10 * i
-        noise_seed = s + 5
+        configs = [("vp", (2, 3, 4, 4), 0.1, 20.0, 50), ("ve", (2, 3, 4, 4), 0.01, 50.0, 10)]
+    for i, (kind, shape, lo, hi, N) in enumerate(configs):
+        off = 10 * i
+        # The judge's scheduler draws its noise from a CPU generator seeded with noise_seed,
+        # as diffusers' randn_tensor does; the student gets the same draw.
+        noise_seed = (ctx.seed + off + 5) % (2 ** 63)
+        noise = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(noise_seed)).to(ctx.device)
+        extra = dict(kind=kind, lo=lo, hi=hi, N=N, noise_seed=noise_seed)
         if kind == "vp":
-            x, eps, t, score, drift, g, dt = _vp_case(shape, lo, hi, N, s, dev)
-            expected = ref.vp_sde_step(eps, x, t, lo, hi, N, generator(noise_seed))[0]
+            x, eps, t, score, drift, g, dt = _vp_step_inputs(ctx, shape, lo, hi, N, off)
+            extra.update(eps=eps, t=t)
             label = f"VP SDE, x {shape}, beta {lo}..{hi}, {N} steps"
         else:
-            sched = ref.ve_scheduler(lo, hi, N)
-            idx = int(torch.randint(0, N, (1,), generator=generator(s + 3)))
+            sched = _ve_scheduler(lo, hi, N)
+            idx = int(torch.randint(0, N, (1,), generator=ctx.generator(off + 3)))
             timestep = sched.timesteps[idx]
-            sigma, adjacent = ref.ve_step_sigmas(sched, timestep, shape[0])
-            x = randn(*shape, seed=s, dev=dev) * float(sigma[0])
-            score = randn(*shape, seed=s + 1, dev=dev) / float(sigma[0])
+            sigma, adjacent = _ve_step_sigmas(sched, timestep, shape[0])
+            x = ctx.randn(*shape, offset=off) * float(sigma[0])
+            score = ctx.randn(*shape, offset=off + 1) / float(sigma[0])
             drift = torch.zeros_like(x)
             dt = 1.0 / N
             # ScoreSdeVeScheduler's g^2 dt is the variance added between neighbouring noise levels.
-            g = ((sigma ** 2 - adjacent ** 2) / dt).sqrt().to(dev)
-            expected = ref.ve_sde_step(sched, score, timestep, x, generator(noise_seed))[0]
+            g = ((sigma ** 2 - adjacent ** 2) / dt).sqrt().to(ctx.device)
+            extra.update(scheduler=sched, timestep=timestep)
             label = f"VE SDE, x {shape}, sigma {float(sigma[0]):.4g} -> {float(adjacent[0]):.4g}, {N} steps"
-        noise = _noise_like(shape, noise_seed, dev)
-        got = call(fn, "reverse_sde_step", x, score, drift, g, dt, noise, forbidden=FORBID_SDE, case=label)
-        assert_close(got, expected, name=f"reverse_sde_step on {label}",
-                     variants=_sde_variants(x, score, drift, g, dt, noise))
-    return passed("reverse_sde_step", len(cases), None, hidden)
+        yield Case(label, (x, score, drift, g, dt, noise), extra=extra)
+
+
+def _sde_judge(case: Case, got) -> None:
+    x, score, drift, g, dt, noise = case.args
+    e = case.extra
+    gen = torch.Generator("cpu").manual_seed(e["noise_seed"])
+    if e["kind"] == "vp":
+        expected = ref.vp_sde_step(e["eps"], x, e["t"], e["lo"], e["hi"], e["N"], gen)[0]
+    else:
+        expected = ref.ve_sde_step(e["scheduler"], score, e["timestep"], x, gen)[0]
+    assert_close(got, expected, name=f"reverse_sde_step on {case.label}",
+                 variants=_sde_variants(x, score, drift, g, dt, noise))
 
 
 # ---------------------------------------------------------------- 6. probability-flow ODE: one Euler step
@@ -286,42 +321,88 @@ def _ode_variants(x, score, drift, g, dt):
     }
 
 
-def _check_pf_ode(fn, hidden: bool) -> str:
-    dev, seed = device_for(hidden), seed_for(hidden)
-    if hidden:
-        cases = [("sigma", (2, 3, 6, 10), 30), ("vp", (3, 4, 5, 7), 0.1, 20.0, 1000),
-                 ("vp", (64, 2), 0.05, 12.0, 23), ("sigma", (50, 2), 7)]
+def _ode_cases(ctx: Context):
+    if ctx.hidden:
+        configs = [("sigma", (2, 3, 6, 10), 30), ("vp", (3, 4, 5, 7), 0.1, 20.0, 1000),
+                   ("vp", (64, 2), 0.05, 12.0, 23), ("sigma", (50, 2), 7)]
     else:
-        cases = [("sigma", (2, 3, 4, 4), 10), ("vp", (2, 3, 4, 4), 0.1, 20.0, 50)]
-    for i, case in enumerate(cases):
-        kind, shape = case[0], case[1]
-        s = seed + 10 * i
+        configs = [("sigma", (2, 3, 4, 4), 10), ("vp", (2, 3, 4, 4), 0.1, 20.0, 50)]
+    for i, cfg in enumerate(configs):
+        kind, shape = cfg[0], cfg[1]
+        off = 10 * i
         if kind == "sigma":
-            N = case[2]
-            sched = ref.euler_scheduler(N)
-            idx = int(torch.randint(0, N, (1,), generator=generator(s + 3)))
+            N = cfg[2]
+            sched = _euler_sigma_table(N)
+            idx = int(torch.randint(0, N, (1,), generator=ctx.generator(off + 3)))
             sigma, sigma_next = float(sched.sigmas[idx]), float(sched.sigmas[idx + 1])
-            x = randn(*shape, seed=s, dev=dev) * math.sqrt(1 + sigma ** 2)
-            denoised = randn(*shape, seed=s + 1, dev=dev).clamp(-1, 1)
-            expected = ref.euler_sigma_step(sched, idx, x, denoised)
+            x = ctx.randn(*shape, offset=off) * math.sqrt(1 + sigma ** 2)
+            denoised = ctx.randn(*shape, offset=off + 1).clamp(-1, 1)
             # sigma itself as the clock (sigma(t) = t): f = 0, g^2 = d(sigma^2)/dt = 2 sigma, dt = sigma - sigma_next.
             score = (denoised - x) / sigma ** 2
             drift = torch.zeros_like(x)
-            g = torch.full((shape[0],), math.sqrt(2 * sigma), device=dev)
+            g = torch.full((shape[0],), math.sqrt(2 * sigma), device=ctx.device)
             dt = sigma - sigma_next
+            extra = dict(kind=kind, N=N, index=idx, denoised=denoised)
             label = f"Euler in sigma (EulerDiscreteScheduler), x {shape}, sigma {sigma:.4g} -> {sigma_next:.4g}"
         else:
-            lo, hi, N = case[2], case[3], case[4]
-            x, eps, t, score, drift, g, dt = _vp_case(shape, lo, hi, N, s, dev)
-            expected = ref.vp_ode_step(eps, x, t, lo, hi, N)
+            lo, hi, N = cfg[2], cfg[3], cfg[4]
+            x, eps, t, score, drift, g, dt = _vp_step_inputs(ctx, shape, lo, hi, N, off)
+            extra = dict(kind=kind, lo=lo, hi=hi, N=N, eps=eps, t=t)
             label = f"VP probability-flow ODE, x {shape}, beta {lo}..{hi}, {N} steps"
-        got = call(fn, "probability_flow_step", x, score, drift, g, dt, forbidden=FORBID_ODE, case=label)
-        assert_close(got, expected, name=f"probability_flow_step on {label}",
-                     variants=_ode_variants(x, score, drift, g, dt))
-    return passed("probability_flow_step", len(cases), None, hidden)
+        yield Case(label, (x, score, drift, g, dt), extra=extra)
+
+
+def _euler_sigma_table(num_steps: int):
+    """EulerDiscreteScheduler predicting the clean sample, for its sigma table (an input)."""
+    from diffusers import EulerDiscreteScheduler
+
+    sched = EulerDiscreteScheduler(prediction_type="sample")
+    sched.set_timesteps(num_steps)
+    return sched
+
+
+def _ode_judge(case: Case, got) -> None:
+    x, score, drift, g, dt = case.args
+    e = case.extra
+    if e["kind"] == "sigma":
+        expected = ref.euler_sigma_step(ref.euler_scheduler(e["N"]), e["index"], x, e["denoised"])
+    else:
+        expected = ref.vp_ode_step(e["eps"], x, e["t"], e["lo"], e["hi"], e["N"])
+    assert_close(got, expected, name=f"probability_flow_step on {case.label}",
+                 variants=_ode_variants(x, score, drift, g, dt))
 
 
 # ---------------------------------------------------------------- 7. DDIM = Euler in (x / sqrt(abar), sigma)
+#: DDIMScheduler settings of real checkpoints: diffusers' defaults (DDPM's linear betas, alphabar_prev = 1
+#: at the last step) and Stable Diffusion's (scaled_linear betas, set_alpha_to_one=False: the last
+#: step's alphabar_prev is alphas_cumprod[0], steps_offset=1), with its "leading" or "trailing" spacing.
+_DDIM_CONFIGS = {
+    "default": dict(),
+    "stable-diffusion": dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                             set_alpha_to_one=False, steps_offset=1),
+    "stable-diffusion, trailing": dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                       set_alpha_to_one=False, timestep_spacing="trailing"),
+}
+
+
+def _ddim_scheduler(config: str, n: int):
+    from diffusers import DDIMScheduler
+
+    sched = DDIMScheduler(clip_sample=False, **_DDIM_CONFIGS[config])
+    sched.set_timesteps(n)
+    return sched
+
+
+def _ddim_alpha_bars(sched, timesteps: torch.Tensor):
+    """(alphabar_t, alphabar_prev), each (B,), that DDIMScheduler.step reads at each timestep (inputs)."""
+    cur, prev = [], []
+    for t in timesteps.tolist():
+        p = t - sched.config.num_train_timesteps // sched.num_inference_steps
+        cur.append(sched.alphas_cumprod[t])
+        prev.append(sched.alphas_cumprod[p] if p >= 0 else sched.final_alpha_cumprod)
+    return torch.stack(cur), torch.stack(prev)
+
+
 def _ddim_variants(x, eps, a, a_prev):
     a, a_prev = _bcast(a, x), _bcast(a_prev, x)
     sig, sig_prev = ((1 - a) / a).sqrt(), ((1 - a_prev) / a_prev).sqrt()
@@ -338,30 +419,39 @@ def _ddim_variants(x, eps, a, a_prev):
     }
 
 
-def _check_ddim(fn, hidden: bool) -> str:
-    dev, seed = device_for(hidden), seed_for(hidden)
-    cases = [((4, 3, 6, 10), 50), ((3, 2, 5, 5), 10), ((16, 2), 4)] if hidden else [((2, 3, 4, 4), 10)]
-    for i, (shape, n) in enumerate(cases):
-        s = seed + 10 * i
-        sched = ref.ddim_scheduler(n)
-        B = shape[0]
-        pick = torch.randint(0, n, (B,), generator=generator(s + 3))
-        pick[-1] = n - 1                                      # the last step: alphabar_prev = 1 (final_alpha_cumprod)
+def _ddim_cases(ctx: Context):
+    if ctx.hidden:
+        configs = [((4, 3, 6, 10), 50, "default"), ((3, 2, 5, 5), 10, "stable-diffusion"),
+                   ((16, 2), 4, "default"), ((3, 4, 3, 7), 25, "stable-diffusion, trailing")]
+    else:
+        configs = [((2, 3, 4, 4), 10, "default"), ((2, 5), 8, "stable-diffusion")]
+    for i, (shape, n, config) in enumerate(configs):
+        off = 10 * i
+        sched = _ddim_scheduler(config, n)
+        pick = torch.randint(0, n, (shape[0],), generator=ctx.generator(off + 3))
+        pick[-1] = n - 1                                      # the last step: alphabar_prev = final_alpha_cumprod
         timesteps = sched.timesteps[pick]
-        a, a_prev = ref.ddim_alpha_bars(sched, timesteps)
-        a, a_prev = a.to(dev), a_prev.to(dev)
-        x = randn(*shape, seed=s, dev=dev)
-        eps = randn(*shape, seed=s + 1, dev=dev)
-        expected = ref.ddim_step(sched, x, eps, timesteps)
-        label = f"x {shape}, {n} DDIM steps, timesteps {timesteps.tolist()}"
-        got = call(fn, "ddim_euler_step", x, eps, a, a_prev, forbidden=FORBID_DDIM, case=label)
-        assert_close(got, expected, name=f"ddim_euler_step on {label}", variants=_ddim_variants(x, eps, a, a_prev))
-    return passed("ddim_euler_step", len(cases), None, hidden)
+        a, a_prev = _ddim_alpha_bars(sched, timesteps)
+        x = ctx.randn(*shape, offset=off)
+        eps = ctx.randn(*shape, offset=off + 1)
+        yield Case(f"x {shape}, {n} DDIM steps ({config}), timesteps {timesteps.tolist()}",
+                   (x, eps, a.to(ctx.device), a_prev.to(ctx.device)),
+                   extra=dict(config=config, n=n, timesteps=timesteps))
 
 
-EXERCISES = build(
-    ("gmm_score", 3, _check_gmm), ("ddpm_score", 2, _check_ddpm_score),
-    ("vp_perturb", 2, _check_vp), ("ve_perturb", 1, _check_ve),
-    ("reverse_sde_step", 2, _check_reverse_sde), ("probability_flow_step", 2, _check_pf_ode),
-    ("ddim_euler_step", 3, _check_ddim),
+def _ddim_judge(case: Case, got) -> None:
+    x, eps, a, a_prev = case.args
+    e = case.extra
+    expected = ref.ddim_step(_ddim_scheduler(e["config"], e["n"]), x, eps, e["timesteps"])
+    assert_close(got, expected, name=f"ddim_euler_step on {case.label}", variants=_ddim_variants(x, eps, a, a_prev))
+
+
+EXERCISES = exercises(
+    Exercise("gmm_score", 3, _gmm_cases, _gmm_judge, FORBID_GMM),
+    Exercise("ddpm_score", 2, _ddpm_cases, _ddpm_judge),
+    Exercise("vp_perturb", 2, _vp_cases, _vp_judge),
+    Exercise("ve_perturb", 1, _ve_cases, _ve_judge, FORBID_VE),
+    Exercise("reverse_sde_step", 2, _sde_cases, _sde_judge, FORBID_SDE),
+    Exercise("probability_flow_step", 2, _ode_cases, _ode_judge, FORBID_ODE),
+    Exercise("ddim_euler_step", 3, _ddim_cases, _ddim_judge, FORBID_DDIM),
 )

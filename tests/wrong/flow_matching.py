@@ -169,6 +169,14 @@ def timestep_density__cosmap_sampled(weighting_scheme, draws, logit_mean=0.0, lo
     return draws
 
 
+def timestep_density__mode_scale_hardcoded(weighting_scheme, draws, logit_mean=0.0, logit_std=1.0, mode_scale=1.29):
+    if weighting_scheme == "logit_normal":
+        return torch.sigmoid(logit_mean + logit_std * draws)
+    if weighting_scheme == "mode":
+        return 1 - draws - 1.29 * (torch.cos(math.pi * draws / 2) ** 2 - 1 + draws)   # SD3's default, always
+    return draws
+
+
 # ---------------------------------------------------------------- shift_sigmas
 def shift_sigmas__no_denominator(sigmas, shift):
     return shift * sigmas
@@ -270,6 +278,18 @@ def flux_mu__square_from_height(height, width, vae_scale_factor=8, base_seq_len=
     return _mu(L, base_seq_len, max_seq_len, base_shift, max_shift)
 
 
+def flux_mu__vae_factor_fixed_at_8(height, width, vae_scale_factor=8, base_seq_len=256, max_seq_len=4096,
+                                   base_shift=0.5, max_shift=1.15):
+    L = (height // 16) * (width // 16)                   # Flux's 8x VAE and 2x2 packing hard-coded
+    return _mu(L, base_seq_len, max_seq_len, base_shift, max_shift)
+
+
+def flux_mu__default_anchors_hardcoded(height, width, vae_scale_factor=8, base_seq_len=256, max_seq_len=4096,
+                                       base_shift=0.5, max_shift=1.15):
+    L = (height // (2 * vae_scale_factor)) * (width // (2 * vae_scale_factor))
+    return _mu(L, 256, 4096, 0.5, 1.15)                  # the arguments passed in are ignored
+
+
 # ---------------------------------------------------------------- flow_schedule
 def _schedule(n, shift, mu, sigmas, N, *, terminal=True, scale_t=True, sigma_min_shifted=True,
               static=None, dynamic=None):
@@ -323,6 +343,36 @@ def flow_schedule__linspace_to_zero(num_inference_steps, shift=1.0, mu=None, sig
     if sigmas is None:
         sigmas = np.linspace(1.0, 0.0, num_inference_steps + 1)[:-1]   # evenly spaced, 1/N floor forgotten
     return _schedule(num_inference_steps, shift, mu, sigmas, num_train_timesteps)
+
+
+def flow_schedule__static_shift_on_top_of_mu(num_inference_steps, shift=1.0, mu=None, sigmas=None,
+                                             num_train_timesteps=1000):
+    static = lambda s: shift * s / (1 + (shift - 1) * s)  # noqa: E731
+    return _schedule(num_inference_steps, shift, mu, sigmas, num_train_timesteps,
+                     dynamic=lambda s: static(math.exp(mu) / (math.exp(mu) + (1 / s - 1))))
+
+
+def flow_schedule__sigma_min_shifted_with_mu(num_inference_steps, shift=1.0, mu=None, sigmas=None,
+                                             num_train_timesteps=1000):
+    N = num_train_timesteps
+    if sigmas is None and mu is not None:                # sigma_min taken from a shifted training table
+        sigma_min = shift * (1 / N) / (1 + (shift - 1) * (1 / N))
+        sigmas = np.linspace(1.0, sigma_min, num_inference_steps).tolist()
+    return _schedule(num_inference_steps, shift, mu, sigmas, N)
+
+
+def flow_schedule__mu_ignored_with_custom_sigmas(num_inference_steps, shift=1.0, mu=None, sigmas=None,
+                                                 num_train_timesteps=1000):
+    return _schedule(num_inference_steps, shift, None if sigmas is not None else mu, sigmas, num_train_timesteps)
+
+
+def flow_schedule__mu_ignored(num_inference_steps, shift=1.0, mu=None, sigmas=None, num_train_timesteps=1000):
+    return _schedule(num_inference_steps, shift, None, sigmas, num_train_timesteps)
+
+
+def flow_schedule__num_train_timesteps_fixed_at_1000(num_inference_steps, shift=1.0, mu=None, sigmas=None,
+                                                     num_train_timesteps=1000):
+    return _schedule(num_inference_steps, shift, mu, sigmas, 1000)
 
 
 # ---------------------------------------------------------------- euler_step
