@@ -24,7 +24,6 @@ import torch
 import torch.nn as nn
 
 from ..compare import ComparisonError, assert_close
-from ..exercise import SubmissionError
 from ..reference import consistency_models as ref
 from ..weights.resolve import reinitialise_
 from . import Case, Context, Exercise, exercises
@@ -235,7 +234,6 @@ def _step_in_pipeline(fn, unet, config, steps, labels, seed, batch):
     from diffusers import CMStochasticIterativeScheduler, ConsistencyModelPipeline
     from diffusers.utils.torch_utils import randn_tensor
 
-    _not_defined(fn, "consistency_step")
     pipe = ConsistencyModelPipeline(unet=unet, scheduler=CMStochasticIterativeScheduler(**config))
     pipe.set_progress_bar_config(disable=True)
     sched, out = pipe.scheduler, []
@@ -340,19 +338,6 @@ def _step_judge(case: Case, got) -> None:
 
 
 # ---------------------------------------------------------------- 4./5. the two losses
-def _not_defined(fn, name: str) -> None:
-    # Exercise.call passes user_fn=fn, which reads as "no user_fn" when fn is None: say it here.
-    if fn is None:
-        raise SubmissionError(f"{name}: not defined. Run the cell that defines `{name}` first.")
-
-
-def _loss_harness(name: str):
-    def invoke(fn, online, target, *args):
-        _not_defined(fn, name)
-        return _loss_in_harness(fn, online, target, *args)
-    return invoke
-
-
 def _loss_in_harness(fn, online, target, *args):
     """Harness: the student's loss, then its gradients on both networks (the target must get none)."""
     with torch.enable_grad():
@@ -407,7 +392,7 @@ def _ct_cases(ctx: Context):
         label = (f"{'UNet2DModel' if kind == 'unet' else 'toy MLP'}, x0 {shape}, {grid[3]}-point grid "
                  f"{grid[0]}..{grid[1]} (rho {grid[2]}), sigma_data {sd}")
         yield Case(label, (online, target, x0, sigma_n, sigma_n1, noise, grid[0], sd),
-                   invoke=_loss_harness("consistency_training_loss"))
+                   invoke=_loss_in_harness)
 
 
 def _mixture_for(D: int, ctx: Context, i: int) -> MixtureScore:
@@ -434,7 +419,7 @@ def _cd_cases(ctx: Context):
         label = (f"toy MLP, {score.means.shape[0]}-component mixture in {D}D, {shape[0]} points, {grid[3]}-point "
                  f"grid {grid[0]}..{grid[1]} (rho {grid[2]}), sigma_data {sd}")
         yield Case(label, (online, target, score, x0, sigma_n, sigma_n1, noise, grid[0], sd),
-                   invoke=_loss_harness("consistency_distillation_loss"))
+                   invoke=_loss_in_harness)
 
 
 def _loss_grads(loss_fn, online, target, *args) -> dict:
