@@ -73,39 +73,3 @@ def _quiet_libraries() -> None:
 
     for lib in ("diffusers", "transformers", "huggingface_hub"):
         logging.getLogger(lib).setLevel(logging.ERROR)
-
-
-# ---------------------------------------------------------------- legacy (lessons not yet ported)
-from dataclasses import dataclass  # noqa: E402
-from typing import Callable  # noqa: E402
-
-
-@dataclass(frozen=True)
-class LegacyExercise:
-    name: str
-    points: int
-    public: Callable[[Any], str]
-    hidden: Callable[[Any], str]
-
-
-def seed_for(hidden: bool) -> int:
-    return int.from_bytes(os.urandom(4), "little") if hidden else 0
-
-
-def device_for(hidden: bool):
-    import torch
-
-    from ..runtime import device
-
-    return device() if hidden else torch.device("cpu")
-
-
-def passed(name: str, n: int, source=None, hidden: bool = False) -> str:
-    kind = "hidden tests" if hidden else "public checks"
-    banner = f" [{source.banner()}]" if source is not None else ""
-    return f"{name}: {n} {kind} passed{banner}"
-
-
-def build(*entries):
-    return {name: LegacyExercise(name, points, (lambda fn, c=check: c(fn, False)), (lambda fn, c=check: c(fn, True)))
-            for name, points, check in entries}
