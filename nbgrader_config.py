@@ -22,7 +22,7 @@ c.CourseDirectory.db_url = os.environ.get("COURSE_DB_URL", "sqlite:///" + os.pat
 
 # Stand-in weights and a hidden test on a 28-block real model both finish well inside this.
 c.Execute.timeout = int(os.environ.get("COURSE_CELL_TIMEOUT", "60"))
-c.Execute.allow_errors = True
+# nbgrader's Execute always continues past errors (its own allow_errors, not configurable).
 c.Execute.interrupt_on_timeout = True
 # Only the kernels nbgrader starts to grade get this flag: public checks (ungraded, ~2 s of
 # otter import) are skipped there; a student's or instructor's own kernel never sees it.
@@ -57,9 +57,9 @@ c.GenerateFeedback.preprocessors = [
 ]
 
 # Grading you can trust (README "Trusted grading"): the submission is rebuilt on the source
-# notebook before anything runs; the kernel runs in grader.sandbox; each graded cell's
-# verdict is decided outside the student's kernel (grader.replay) and written into the cell
-# before SaveAutoGrades reads it.
+# notebook before anything runs; the kernel runs once, in grader.sandbox, and its hidden-test
+# cells only record what the student's functions return; each graded cell's verdict is
+# decided in this process (grader.verify) and written into the cell before SaveAutoGrades.
 from nbconvert.preprocessors import ClearMetadataPreprocessor  # noqa: E402
 from nbgrader.preprocessors import (  # noqa: E402
     AssignLatePenalties,
@@ -75,8 +75,9 @@ from nbgrader.preprocessors import (  # noqa: E402
 from grader.nbgrader_plugins import NormaliseSubmission, SandboxedExecute, TrustedGrade  # noqa: E402
 
 _sanitize = [
+    NormaliseSubmission,       # first: it rebuilds the notebook on the source, so nbgrader's own steps
+                               # never see crafted metadata; before OverwriteCells in any case
     ClearOutput, DeduplicateIds, OverwriteKernelspec,
-    NormaliseSubmission,       # before OverwriteCells, which only fixes cells that still exist
     OverwriteCells, CheckCellMetadata,
 ]
 _autograde = [
@@ -90,4 +91,3 @@ _autograde = [
 if os.environ.get("COURSE_ISOLATION", "on") != "off":
     c.Autograde.sanitize_preprocessors = _sanitize
     c.Autograde.autograde_preprocessors = _autograde
-c.TrustedGrade.timeout = int(os.environ.get("COURSE_NOTEBOOK_TIMEOUT", "900"))

@@ -190,6 +190,10 @@ def _copy_tree(src: str, dst: str) -> None:
                 st = os.fstat(fd)
                 if not stat.S_ISREG(st.st_mode) or files >= MAX_COPY_FILES or size + st.st_size > MAX_COPY_BYTES:
                     continue
+                if name.endswith(".ipynb"):
+                    # nbgrader writes the notebook it is about to run here with the hidden tests
+                    # restored; the kernel needs none of it (it is sent cell by cell).
+                    continue
                 files, size = files + 1, size + st.st_size
                 with os.fdopen(os.dup(fd), "rb") as f, open(os.path.join(target, name), "wb") as out:
                     shutil.copyfileobj(f, out)

@@ -232,12 +232,21 @@ def _crafted_metadata(nb):
             cell["metadata"]["nbgrader"] = ["grade", "points", 100]
         elif meta.get("grade_id") == "unpatchify_answer":
             meta.update(grade=True, points=100, grade_id=7)
-        elif meta.get("grade_id") == "patchify_hidden":
-            cell["metadata"] = "junk"
     nb["cells"].append({"cell_type": "code", "metadata": {"nbgrader": {"grade": True, "points": 50, "solution": True,
                         "grade_id": "bonus", "locked": False, "schema_version": 3}}, "source": "x = 1",
                         "outputs": [], "execution_count": None})
     return nb
 
 
-NOTEBOOK_ATTACKS = {"crafted_metadata": _crafted_metadata}
+def _schema_invalid(nb):
+    """Cell metadata that is not an object: nbformat itself refuses to read the notebook."""
+    for cell in nb["cells"]:
+        if cell.get("metadata", {}).get("nbgrader", {}).get("grade_id") == "patchify_hidden":
+            cell["metadata"] = "junk"
+    return nb
+
+
+NOTEBOOK_ATTACKS = {"crafted_metadata": _crafted_metadata, "schema_invalid": _schema_invalid}
+#: Notebooks nbformat cannot read: plain nbgrader logs an error for that student alone (no graded
+#: notebook, no grade); `course autograde` reports them "invalid" with the reason.
+UNREADABLE = {"schema_invalid"}

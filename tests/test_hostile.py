@@ -18,7 +18,7 @@ import nbformat
 import pytest
 
 from grader import sandbox
-from tests.hostile_cases import AFTER, CANARY, CASES, DAEMON_MARKER, NOTEBOOK_ATTACKS
+from tests.hostile_cases import AFTER, CANARY, CASES, DAEMON_MARKER, NOTEBOOK_ATTACKS, UNREADABLE
 from tests.notebook_code import REPO
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not sandbox.available(), reason="needs root, unshare, setpriv")]
@@ -74,19 +74,38 @@ def leftover_processes() -> list[str]:
     return [line for line in ps if line.startswith("nobody") or DAEMON_MARKER in line]
 
 
+def json_escaped(text: str) -> str:
+    import json
+
+    return json.dumps(text)[1:-1]
+
+
 def solution_text_in(paths) -> list[str]:
-    """Files under ``paths`` that quote a solution line or a hidden test."""
+    """Files under ``paths`` whose student-visible text (feedback, results, cell outputs) quotes a
+    solution line or a hidden test."""
     from tests.notebook_code import answer_cells
 
+    import json
+
+    release = (REPO / "release" / LESSON / NB).read_text()
     lines = [l.strip() for src in answer_cells(LESSON).values() for l in src.splitlines()
-             if len(l.strip()) > 30 and "raise NotImplementedError" not in l]
-    needles = ["BEGIN HIDDEN TESTS", "BEGIN SOLUTION", *lines[:40]]
+             if len(l.strip()) > 30 and json_escaped(l.strip()) not in release]   # solution-only lines
+    source = json.loads((REPO / "source" / LESSON / NB).read_text())
+    hidden = [l.strip() for c in source["cells"] if c["metadata"].get("nbgrader", {}).get("grade")
+              for l in "".join(c["source"]).splitlines() if l.strip().startswith("grade(")]
+    # Not the bare markers: the attackers' own code (shown in their feedback) contains them.
+    needles = [*lines[:40], *hidden]
+    assert lines and hidden
     hits = []
     for base in paths:
         for f in Path(base).rglob("*"):
             if f.is_file() and f.suffix in (".ipynb", ".html", ".json", ".csv"):
                 text = f.read_text(errors="ignore")
-                hits += [f"{f}: {n[:40]}" for n in needles if n in text]
+                if f.suffix == ".ipynb":   # instructor-side notebooks hold the hidden tests: only outputs count
+                    import json
+
+                    text = json.dumps([c.get("outputs", []) for c in json.loads(text)["cells"]])
+                hits += [f"{f}: {n[:40]}" for n in needles if n in text or json_escaped(n) in text]
     return hits
 
 
@@ -107,6 +126,7 @@ def batch(tmp_path_factory):
     start = time.perf_counter()
     done = _nbgrader(course, "autograde", LESSON)
     elapsed = time.perf_counter() - start
+    _nbgrader(course, "generate_feedback", LESSON)
     after = _digest(protected) | {str(course / "nbgrader_config.py"): hashlib.sha256(
         (course / "nbgrader_config.py").read_bytes()).hexdigest()}
     from nbgrader.api import Gradebook
@@ -138,11 +158,12 @@ def test_course_and_package_are_untouched(batch):
 def test_gradebook_and_outputs_are_intact(batch):
     scores, _, _, _, _, course = batch
     assert (course / "gradebook.db").read_bytes()[:15] == b"SQLite format 3"
-    for name in HOSTILE + ["zz_correct"]:
+    for name in [n for n in HOSTILE if n not in UNREADABLE] + ["zz_correct"]:
         folder = course / "autograded" / name / LESSON
         assert not any(p.is_symlink() for p in folder.rglob("*")), name
         assert sorted(p.name for p in folder.iterdir()) in ([NB], [NB, "timestamp.txt"]), name
-    assert not solution_text_in([course / "autograded"])
+    assert not solution_text_in([course / "autograded", course / "feedback"])
+    assert len(list((course / "feedback").rglob("*.html"))) >= len(HOSTILE) - len(UNREADABLE)
 
 
 def test_no_process_is_left(batch):
@@ -151,8 +172,10 @@ def test_no_process_is_left(batch):
 
 def test_batch_finished_every_student(batch):
     scores, _, _, done, elapsed, course = batch
-    assert set(scores) == set(HOSTILE) | {"zz_correct"}
-    for name in HOSTILE + ["zz_correct"]:
+    assert set(scores) >= (set(HOSTILE) - UNREADABLE) | {"zz_correct"}
+    for name in UNREADABLE:
+        assert f"for student '{name}'" in done.stdout + done.stderr   # an error for that student alone
+    for name in [n for n in HOSTILE if n not in UNREADABLE] + ["zz_correct"]:
         assert (course / "autograded" / name / LESSON / NB).is_file(), name
     print(f"hostile batch of {len(scores)} graded in {elapsed:.0f} s")
 
@@ -175,6 +198,8 @@ def test_course_autograde_batch(tmp_path):
     assert float(rows["zz_correct"]["score"]) == 18
     for name in HOSTILE:
         assert float(rows[name]["score"]) == 0, (name, rows[name])
+    for name in UNREADABLE:
+        assert rows[name]["status"] == "invalid" and "not a readable notebook" in rows[name]["notes"]
     assert Path(CANARY).read_text() == "canary"
     assert not solution_text_in([out])
     assert not leftover_processes()

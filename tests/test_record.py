@@ -16,6 +16,7 @@ import torch
 from grader.exercises import lesson
 from grader.record import MAX_JSON_BYTES, read_entries, write_entry
 from grader.verify import judge_job
+from tests.hostile_cases import AFTER, CASES
 from tests.notebook_code import answer_cells, trusted_verdicts, wrong_implementations, wrong_module
 
 LESSON = "10_diffusion_transformers"
@@ -42,24 +43,8 @@ def test_wrong_implementation_fails_its_exercise(exercise, name, tmp_path):
     assert verdicts["unpatchify" if exercise != "unpatchify" else "patchify"]["passed"]
 
 
-STACK_WALKER = '''
-import gc, sys, torch
-def patchify(x, w, b):
-    """Return any tensor of the right shape found in the caller's frames or on the heap."""
-    B, _, H, W = x.shape
-    p = w.shape[-1]
-    want = (B, (H // p) * (W // p), w.shape[0])
-    f = sys._getframe(1)
-    while f is not None:
-        for v in list(f.f_locals.values()):
-            if isinstance(v, torch.Tensor) and tuple(v.shape) == want:
-                return v.clone()
-        f = f.f_back
-    for o in gc.get_objects():
-        if isinstance(o, torch.Tensor) and tuple(o.shape) == want:
-            return o.clone()
-    return torch.zeros(want)
-'''
+# The attack that scored full marks against the old recorder: read the checker's frames and heap.
+STACK_WALKER = CASES["walks_the_checker_stack"][len(AFTER):]
 
 
 def test_no_reference_exists_where_the_student_code_runs(tmp_path):

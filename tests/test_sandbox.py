@@ -69,6 +69,7 @@ def _wrap(tmp_path, code, *args, mem=4 << 30):
     (course / "source" / "secret.ipynb").write_text(SECRET)
     (course / "gradebook.db").write_text(SECRET)
     (nbdir / "data.txt").write_text("the student's own file")
+    (nbdir / "lesson.ipynb").write_text("### BEGIN HIDDEN TESTS")   # nbgrader's copy, tests restored
     os.symlink(str(course / "gradebook.db"), nbdir / "link-to-gradebook")
     record = tmp_path / "record"
     record.mkdir()
@@ -88,7 +89,7 @@ def test_sandbox_sees_only_the_submission(tmp_path):
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out["uid"] == sandbox.NOBODY and out["pid"] == 2   # PID 1 is the launcher (root, never exec's)
-    assert out["cwd_listing"] == ["data.txt"]                   # a copy; the symlink stayed behind
+    assert out["cwd_listing"] == ["data.txt"]   # a copy; the symlink and the notebook stayed behind
     assert out["course_listing"] == ["autograded"] and out["secrets_anywhere"] == []
     assert out["raw_disks"] == []
     assert out["write_relative"] == "allowed" and not (nbdir / "plot.png").exists()  # private scratch
