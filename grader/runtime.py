@@ -1,4 +1,4 @@
-"""Where and how reference comparisons run: device, strict fp32, seeded generators."""
+"""Where and how reference comparisons run: the device and strict fp32 (seeded inputs: grader.cases.Context)."""
 
 from __future__ import annotations
 
@@ -38,19 +38,3 @@ def strict_fp32() -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32 = saved[0]
         torch.backends.cudnn.allow_tf32 = saved[1]
         torch.set_float32_matmul_precision(saved[2])
-
-
-def generator(seed: int) -> torch.Generator:
-    """A CPU generator: draws are identical on every machine, then moved to the device."""
-    return torch.Generator("cpu").manual_seed(seed)
-
-
-def randn(*shape: int, seed: int, dev: torch.device | None = None, scale: float = 1.0) -> torch.Tensor:
-    """Seeded standard-normal tensor of ``shape`` on ``dev`` (fp32)."""
-    x = torch.randn(*shape, generator=generator(seed), dtype=torch.float32) * scale
-    return x.to(dev or torch.device("cpu"))
-
-
-def fresh_seed() -> int:
-    """A seed drawn at grading time, so hidden inputs cannot be known in advance."""
-    return int.from_bytes(os.urandom(4), "little")
