@@ -206,6 +206,9 @@ def _build_root(args) -> dict[str, str]:
     root = args.root
     os.makedirs(root, exist_ok=True)
     _mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "size=64m,mode=0755")
+    # /tmp first: the binds below may lie under it (a checkout or venv in /tmp) and must stay visible.
+    os.makedirs(_under(root, "/tmp"), exist_ok=True)
+    _mount("tmpfs", _under(root, "/tmp"), "tmpfs", MS_NOSUID | MS_NODEV, "size=512m,mode=1777")
     for path in args.ro:
         _bind(root, path, readonly=True)
     for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
@@ -224,9 +227,8 @@ def _build_root(args) -> dict[str, str]:
     for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
                          ("stderr", "/proc/self/fd/2")):
         os.symlink(target, os.path.join(dev, name))
-    for path, size, mode_ in (("/dev/shm", "256m", "1777"), ("/tmp", "512m", "1777")):
-        os.makedirs(_under(root, path), exist_ok=True)
-        _mount("tmpfs", _under(root, path), "tmpfs", MS_NOSUID | MS_NODEV, f"size={size},mode={mode_}")
+    os.makedirs(_under(root, "/dev/shm"), exist_ok=True)
+    _mount("tmpfs", _under(root, "/dev/shm"), "tmpfs", MS_NOSUID | MS_NODEV, "size=256m,mode=1777")
     # The caller's per-run folders, shared at the same path.
     for path in args.writable:
         _bind(root, path, readonly=False)
