@@ -124,3 +124,21 @@ def trusted_verdicts(assignment: str, cells: list[str], folder, *, seed_base: in
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
     verdicts = judge_job(assignment, record, seeds, "cpu")
     return {name: {"passed": v.passed, "message": v.message, "flags": v.flags} for name, v in verdicts.items()}
+
+
+def assert_round_trip(assignment: str, name: str, folder) -> None:
+    """Record ``name``'s hidden cases to files (untrusted side), read them back and judge them
+    (trusted side): the solution passes and its first wrong implementation fails, as in-process."""
+    from grader.cases import hidden_context, judge_record, record
+    from grader.exercises import lesson
+    from grader.record import read_entries, write_entry
+
+    ex = lesson(assignment).EXERCISES[name]
+    wrong = next(n for e, _, n in wrong_implementations(assignment) if e == name)
+    for fn, ok in ((solution_namespace(assignment)[name], True),
+                   (namespace_with_wrong(assignment, name, wrong)[name], False)):
+        sub = folder / ("right" if ok else "wrong")
+        sub.mkdir()
+        n = len(record(ex, fn, hidden_context(5, "cpu"), sink=lambda i, e: write_entry(str(sub), name, i, e)))
+        verdict = judge_record(ex, read_entries(str(sub), name, n), hidden_context(5, "cpu"))
+        assert verdict.passed is ok, verdict.message

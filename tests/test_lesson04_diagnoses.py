@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from grader.exercises import lesson
-from tests.notebook_code import namespace_with_wrong, public_diagnosis, solution_namespace, wrong_implementations
+from tests.notebook_code import assert_round_trip, public_diagnosis, solution_namespace
 
 LESSON = "04_score_functions_and_sdes"
 EXERCISES = lesson(LESSON).EXERCISES
@@ -48,15 +48,4 @@ def test_hidden_tests_pass_on_several_seeds(name):
 @pytest.mark.parametrize("name", list(EXERCISES))
 def test_trusted_grading_round_trip(name, tmp_path):
     """Record on the untrusted side, read the files back, judge on the trusted side: the same verdicts."""
-    from grader.cases import hidden_context, judge_record, record
-    from grader.record import read_entries, write_entry
-
-    ex = EXERCISES[name]
-    ns = solution_namespace(LESSON)
-    wrong = next(n for e, _, n in wrong_implementations(LESSON) if e == name)
-    for fn, ok in ((ns[name], True), (namespace_with_wrong(LESSON, name, wrong)[name], False)):
-        folder = tmp_path / ("right" if ok else "wrong")
-        folder.mkdir()
-        n = len(record(ex, fn, hidden_context(5, "cpu"), sink=lambda i, e: write_entry(str(folder), name, i, e)))
-        verdict = judge_record(ex, read_entries(str(folder), name, n), hidden_context(5, "cpu"))
-        assert verdict.passed is ok, verdict.message
+    assert_round_trip(LESSON, name, tmp_path)

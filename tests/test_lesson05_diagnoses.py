@@ -7,7 +7,7 @@ import pytest
 from grader.exercises import lesson
 import torch
 
-from tests.notebook_code import namespace_with_wrong, public_diagnosis, solution_namespace, wrong_implementations
+from tests.notebook_code import assert_round_trip, namespace_with_wrong, public_diagnosis, solution_namespace
 
 LESSON = "05_flow_matching"
 EXERCISES = lesson(LESSON).EXERCISES
@@ -120,15 +120,4 @@ def test_flux_mu_accepts_a_float_and_refuses_a_non_number():
 @pytest.mark.parametrize("name", list(EXERCISES))
 def test_trusted_grading_round_trip(name, tmp_path):
     """Record on the untrusted side, read the files back, judge on the trusted side: the same verdicts."""
-    from grader.cases import hidden_context, judge_record, record
-    from grader.record import read_entries, write_entry
-
-    ex = EXERCISES[name]
-    ns = solution_namespace(LESSON)
-    wrong = next(n for e, _, n in wrong_implementations(LESSON) if e == name)
-    for fn, ok in ((ns[name], True), (namespace_with_wrong(LESSON, name, wrong)[name], False)):
-        folder = tmp_path / ("right" if ok else "wrong")
-        folder.mkdir()
-        n = len(record(ex, fn, hidden_context(5, "cpu"), sink=lambda i, e: write_entry(str(folder), name, i, e)))
-        verdict = judge_record(ex, read_entries(str(folder), name, n), hidden_context(5, "cpu"))
-        assert verdict.passed is ok, verdict.message
+    assert_round_trip(LESSON, name, tmp_path)
