@@ -6,12 +6,14 @@ Each of those modules defines ``CHECKPOINTS`` (name -> :class:`Checkpoint`) and 
 
 from __future__ import annotations
 
+import functools
 import importlib
 import pkgutil
 
 from .spec import Checkpoint, Part, build_diffusers  # noqa: F401  (re-exported)
 
 
+@functools.lru_cache(maxsize=1)
 def _gather() -> tuple[dict[str, Checkpoint], dict[str, Part]]:
     from .. import checkpoints as package
 
