@@ -19,6 +19,11 @@ c.CourseDirectory.feedback_directory = "feedback"
 # Authoring leftovers must not be copied into release/ (generate_assignment copies every file).
 c.CourseDirectory.ignore = [".ipynb_checkpoints", "*.pyc", "__pycache__", ".OTTER_LOG", "*.py", "*.md"]
 c.CourseDirectory.db_url = os.environ.get("COURSE_DB_URL", "sqlite:///" + os.path.join(c.CourseDirectory.root, "gradebook.db"))
+# nbgrader's add_submission flushes a half-built submission under SQLAlchemy 2 (three SAWarnings
+# per autograde): build it first, flush once (grader/nbgrader_gradebook.py says why not a pin).
+from grader.nbgrader_gradebook import build_submissions_before_flushing  # noqa: E402
+
+build_submissions_before_flushing()
 
 # Stand-in weights and a hidden test on a 28-block real model both finish well inside this.
 c.Execute.timeout = int(os.environ.get("COURSE_CELL_TIMEOUT", "60"))
@@ -29,63 +34,47 @@ c.Execute.interrupt_on_timeout = True
 c.Execute.extra_arguments = ["--IPKernelApp.exec_lines=['import os; os.environ[\"COURSE_AUTOGRADING\"] = \"1\"']"]
 
 # solutions/: no outputs (reproducible, no base64 images), no hidden tests, no solution markers.
-from nbgrader.preprocessors import (  # noqa: E402
-    ClearHiddenTests,
-    ClearMarkScheme,
-    ClearOutput,
-    IncludeHeaderFooter,
-    LockCells,
-)
-
-from grader.nbgrader_plugins import ScrubGradedOutputs, StripSolutionMarkers  # noqa: E402
-
+# Preprocessors are named by dotted strings, not imported classes: nbconvert imports them when
+# it registers them, and the config stays plain data that formgrader can show as JSON.
 c.GenerateSolution.preprocessors = [
-    IncludeHeaderFooter, LockCells, ClearOutput, ClearMarkScheme,
-    ClearHiddenTests,          # before StripSolutionMarkers: both edit the same source lines
-    StripSolutionMarkers,
+    "nbgrader.preprocessors.IncludeHeaderFooter",
+    "nbgrader.preprocessors.LockCells",
+    "nbgrader.preprocessors.ClearOutput",
+    "nbgrader.preprocessors.ClearMarkScheme",
+    "nbgrader.preprocessors.ClearHiddenTests",        # before StripSolutionMarkers: both edit the same source lines
+    "grader.nbgrader_plugins.StripSolutionMarkers",
 ]
 
 # feedback/: hidden test code removed, and tracebacks that would quote it rewritten.
-from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor  # noqa: E402
-from nbgrader.preprocessors import GetGrades  # noqa: E402
-
 c.GenerateFeedback.preprocessors = [
-    GetGrades,                 # first: reads scores from the cells as graded
-    ClearHiddenTests,
-    ScrubGradedOutputs,
-    CSSHTMLHeaderPreprocessor,
+    "nbgrader.preprocessors.GetGrades",               # first: reads scores from the cells as graded
+    "grader.nbgrader_plugins.ClearHiddenTestsFromFeedback",
+    "grader.nbgrader_plugins.ScrubGradedOutputs",
+    "nbconvert.preprocessors.CSSHTMLHeaderPreprocessor",
 ]
 
 # Grading you can trust (README "Trusted grading"): the submission is rebuilt on the source
 # notebook before anything runs; the kernel runs once, in grader.sandbox, and its hidden-test
 # cells only record what the student's functions return; each graded cell's verdict is
 # decided in this process (grader.verify) and written into the cell before SaveAutoGrades.
-from nbconvert.preprocessors import ClearMetadataPreprocessor  # noqa: E402
-from nbgrader.preprocessors import (  # noqa: E402
-    AssignLatePenalties,
-    CheckCellMetadata,
-    DeduplicateIds,
-    IgnorePattern,
-    LimitOutput,
-    OverwriteCells,
-    OverwriteKernelspec,
-    SaveAutoGrades,
-)
-
-from grader.nbgrader_plugins import NormaliseSubmission, SandboxedExecute, TrustedGrade  # noqa: E402
-
 _sanitize = [
-    NormaliseSubmission,       # first: it rebuilds the notebook on the source, so nbgrader's own steps
-                               # never see crafted metadata; before OverwriteCells in any case
-    ClearOutput, DeduplicateIds, OverwriteKernelspec,
-    OverwriteCells, CheckCellMetadata,
+    "grader.nbgrader_plugins.NormaliseSubmission",  # first: it rebuilds the notebook on the source, so nbgrader's
+                                                    # own steps never see crafted metadata; before OverwriteCells in any case
+    "nbgrader.preprocessors.ClearOutput",
+    "nbgrader.preprocessors.DeduplicateIds",
+    "nbgrader.preprocessors.OverwriteKernelspec",
+    "nbgrader.preprocessors.OverwriteCells",
+    "nbgrader.preprocessors.CheckCellMetadata",
 ]
 _autograde = [
-    SandboxedExecute,
-    TrustedGrade,              # after the kernel is gone, before anything reads the outputs
-    IgnorePattern, ClearMetadataPreprocessor, LimitOutput,
-    SaveAutoGrades,
-    AssignLatePenalties, CheckCellMetadata,
+    "grader.nbgrader_plugins.SandboxedExecute",
+    "grader.nbgrader_plugins.TrustedGrade",         # after the kernel is gone, before anything reads the outputs
+    "nbgrader.preprocessors.IgnorePattern",
+    "nbconvert.preprocessors.ClearMetadataPreprocessor",
+    "nbgrader.preprocessors.LimitOutput",
+    "nbgrader.preprocessors.SaveAutoGrades",
+    "nbgrader.preprocessors.AssignLatePenalties",
+    "nbgrader.preprocessors.CheckCellMetadata",
 ]
 # COURSE_ISOLATION=off restores nbgrader's defaults: only to measure the overhead, never for a class.
 if os.environ.get("COURSE_ISOLATION", "on") != "off":

@@ -8,7 +8,8 @@ from __future__ import annotations
 import re
 
 from nbgrader import utils
-from nbgrader.preprocessors import NbGraderPreprocessor
+from nbgrader.preprocessors import ClearHiddenTests, NbGraderPreprocessor
+from traitlets import List
 
 _SOLUTION_MARKER = re.compile(r"^\s*### (BEGIN|END) SOLUTION\s*$")
 
@@ -23,7 +24,23 @@ class StripSolutionMarkers(NbGraderPreprocessor):
         return cell, resources
 
 
-class ScrubGradedOutputs(NbGraderPreprocessor):
+class FeedbackPreprocessor(NbGraderPreprocessor):
+    """Base of a preprocessor that nbgrader runs inside nbconvert's HTML exporter (feedback).
+
+    The exporter configures ``NbConvertBase.display_data_priority`` for everything it owns;
+    nbgrader's base class re-declares that trait without ``config=True``, so traitlets logs
+    "Config option `display_data_priority` not recognized" for each such preprocessor.
+    nbgrader's own feedback step (GetGrades) declares it configurable again; so does this.
+    """
+
+    display_data_priority = List(NbGraderPreprocessor.display_data_priority.default_value).tag(config=True)
+
+
+class ClearHiddenTestsFromFeedback(FeedbackPreprocessor, ClearHiddenTests):
+    """nbgrader's ClearHiddenTests (same config section), run inside the HTML exporter."""
+
+
+class ScrubGradedOutputs(FeedbackPreprocessor):
     """Feedback: show a graded test cell's verdict, never the hidden code in its traceback.
 
     ClearHiddenTests removes the hidden source, but an error output still carries a

@@ -331,8 +331,10 @@ def main(argv: list[str]) -> int:
         os.chown(home, NOBODY, NOBODY)
         env.update(HOME=home, TMPDIR="/tmp", MPLCONFIGDIR=home, COURSE_SANDBOXED="1", USER="nobody")
         # ipykernel exits when its parent is not JPY_PARENT_PID; here its parent is PID 1 below,
-        # which already ends the kernel when nbgrader's launcher goes.
-        env.pop("JPY_PARENT_PID", None)
+        # which already ends the kernel when nbgrader's launcher goes. "1" is ipykernel's own
+        # word for that (no parent poller); unset, it would think it runs as `ipython kernel`
+        # and print its Ctrl-C note and connection file into nbgrader's log.
+        env["JPY_PARENT_PID"] = "1"
         _limits(args.mem, args.fsize, DEFAULT_NPROC)
         cmd = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--no-new-privs",
                "--bounding-set=-all", "--inh-caps=-all", "--ambient-caps=-all", "--", *cmd]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -23,6 +24,22 @@ def _nbgrader(cwd: Path, *args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=600)
 
 
+# What a clean log must not contain: nbgrader's warnings ("Config option ... not recognized"
+# among them), Python warnings printed to stderr (SQLAlchemy's SAWarning), and a grading
+# kernel's `ipython kernel` banner.
+_NOISE = re.compile(r"\| (WARNING|ERROR|CRITICAL)\]|\w+Warning: |not recognized|NOTE: When using the `ipython kernel`")
+# nbconvert's HTML exporter warns about figures without alt text; the lab template it uses
+# gives images none. Left to the feedback template (its own work), not hidden here.
+_KNOWN = ("Alternative text is missing on",)
+
+
+def _assert_clean_log(done: subprocess.CompletedProcess) -> None:
+    assert done.returncode == 0, done.stdout + done.stderr
+    noise = [line for line in (done.stdout + done.stderr).splitlines()
+             if _NOISE.search(line) and not any(k in line for k in _KNOWN)]
+    assert not noise, "\n".join(noise)
+
+
 def test_generate_autograde_feedback_solution(tmp_path):
     course = tmp_path / "course"
     course.mkdir()
@@ -30,14 +47,14 @@ def test_generate_autograde_feedback_solution(tmp_path):
     shutil.copy(REPO / "nbgrader_config.py", course)
     for cmd in (["generate_assignment", LESSON], ["generate_solution", LESSON]):
         done = _nbgrader(course, *cmd, "--force")
-        assert done.returncode == 0, done.stdout + done.stderr
+        _assert_clean_log(done)
     sub = course / "submitted" / "alice" / LESSON
     sub.mkdir(parents=True)
     shutil.copy(REPO / "tests" / "submissions" / LESSON / "correct.ipynb", sub / "diffusion_transformers.ipynb")
     done = _nbgrader(course, "autograde", LESSON, "--student", "alice")
-    assert done.returncode == 0, done.stdout + done.stderr
+    _assert_clean_log(done)
     done = _nbgrader(course, "generate_feedback", LESSON, "--student", "alice")
-    assert done.returncode == 0, done.stdout + done.stderr
+    _assert_clean_log(done)
     html = (course / "feedback" / "alice" / LESSON / "diffusion_transformers.html").read_text()
     assert "BEGIN HIDDEN TESTS" not in html and "grade(LESSON" not in html
     from nbgrader.api import Gradebook
