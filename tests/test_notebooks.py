@@ -89,4 +89,4 @@ def test_release_notebook_runs_to_the_end_with_every_exercise_unfinished(lesson,
     checks = [c for c in nb.cells if c.cell_type == "code" and "checks.run(" in c.source]
     for c in checks:
         text = "".join(o.get("text", "") for o in c.outputs)
-        assert text.startswith("FAIL  ") and "not implemented" in text, (c.source, text)
+        assert text.startswith("FAIL  "), (c.source, text)
