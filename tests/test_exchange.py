@@ -205,7 +205,12 @@ def test_students_fetch_submit_and_get_their_own_feedback_through_the_exchange(c
     readme = (REPO / "README.md").read_text()
     assert STUDENT_CONFIG.format(root="/srv/nbgrader/exchange") in readme, "README's student config changed"
 
-    # No exchange yet: the Assignment List shows nbgrader's warning (what the issue saw).
+    # JupyterLab's Assignment List (labextension + server extension) is on for a student...
+    for args, pattern in ((("server", "extension", "list"), r"nbgrader\.server_extensions\.assignment_list\s+enabled"),
+                          (("labextension", "list"), r"@jupyter/nbgrader v\S+\s+enabled\s+OK")):
+        done = alice.run("-m", "jupyter", *args)
+        assert re.search(pattern, re.sub(r"\x1b\[[0-9;]*m", "", done.stdout + done.stderr)), done.stdout + done.stderr
+    # ...and, with no exchange yet, shows nbgrader's warning (what the issue saw).
     listed = alice.probe(LIST_PROBE, str(alice.home))
     assert not listed["success"] and "exchange directory does not exist" in listed["value"]
 
@@ -233,8 +238,8 @@ def test_students_fetch_submit_and_get_their_own_feedback_through_the_exchange(c
         s.nbgrader("submit", LESSON)
 
     inbound = exchange / COURSE / "inbound"
-    owners = {p.name.split("+")[0]: p.stat().st_uid for p in inbound.iterdir()}
-    assert owners == {alice.name: _ids(alice.name)[0], bob.name: _ids(bob.name)[0]}, "one submission each, owned by its author"
+    owners = sorted((p.name.split("+")[0], p.stat().st_uid) for p in inbound.iterdir())
+    assert owners == sorted((s.name, _ids(s.name)[0]) for s in (alice, bob)), "one submission each, by its author"
     # alice cannot find bob's submission: inbound lists for nobody but the instructor.
     seen = alice.probe(LISTDIR_PROBE, str(inbound), str(exchange / COURSE / "outbound"))
     assert seen[str(inbound)] == "denied" and seen[str(exchange / COURSE / "outbound")] == [LESSON]
