@@ -80,3 +80,17 @@ _autograde = [
 if os.environ.get("COURSE_ISOLATION", "on") != "off":
     c.Autograde.sanitize_preprocessors = _sanitize
     c.Autograde.autograde_preprocessors = _autograde
+
+# ---------------------------------------------------------------- the exchange (README "Distributing and collecting")
+# release_assignment / collect / release_feedback (instructor) and fetch_assignment / submit /
+# fetch_feedback (students, their own Unix accounts on the same server) meet in one shared folder.
+# It must exist and be world-writable with the sticky bit (`sudo mkdir -p … && sudo chmod 1777 …`);
+# nbgrader makes series7/{outbound 755, inbound 2733, feedback 711} inside it. Students' own
+# config names the same folder and course_id (README). COURSE_EXCHANGE: elsewhere (a test's temp folder).
+c.Exchange.root = os.environ.get("COURSE_EXCHANGE", "/srv/nbgrader/exchange")
+# release/ and solutions/ are committed, so plain `nbgrader generate_assignment LESSON` would only
+# say "Skipping existing assignment" and record nothing in the gradebook. Regenerating them is
+# byte-identical (tests/test_release_drift.py), the formgrader's Generate button forces too, and
+# nbgrader still refuses to change graded cells once there are submissions.
+c.GenerateAssignment.force = True
+c.GenerateSolution.force = True

@@ -129,9 +129,29 @@ def diagnose(actual: torch.Tensor, expected: torch.Tensor, variants: Mapping[str
     return None
 
 
+def _broadcast_hint(actual: torch.Tensor, expected: torch.Tensor) -> str | None:
+    """The classic broadcasting traps: a (B,) factor against (B, C, H, W), or a result blown up."""
+    got, want = tuple(actual.shape), tuple(expected.shape)
+    if actual.ndim < expected.ndim and got == want[:actual.ndim] and all(s == 1 for s in want[actual.ndim:]):
+        trail = ", 1" * (expected.ndim - actual.ndim)
+        return (f"a {got} tensor is missing its trailing size-1 dimensions: broadcast against (B, C, H, W) "
+                f"it would line up with the LAST axis, not the batch. Reshape it to {got[:1] + (1,) * (expected.ndim - 1)} "
+                f"(e.g. t[:, None, None, None] or t.view(-1{trail})).")
+    try:
+        grown = torch.broadcast_shapes(got, want) == actual.shape and actual.numel() > expected.numel()
+    except RuntimeError:
+        grown = False
+    if grown:
+        return (f"your result is larger than the reference, as if a {want} tensor had been broadcast against "
+                f"another operand: e.g. a (B,) or (N,) tensor combined with a (B, 1) or (N, 1) one gives (B, B) / "
+                f"(N, N). Print the shapes of the tensors you combine and make them line up explicitly.")
+    return None
+
+
 def _shape_hint(actual: torch.Tensor, expected: torch.Tensor) -> str | None:
-    if actual.numel() != expected.numel() or expected.ndim > 6:
-        return None
+    trap = _broadcast_hint(actual, expected)
+    if trap or actual.numel() != expected.numel() or expected.ndim > 6:
+        return trap
     for perm in itertools.islice(itertools.permutations(range(expected.ndim)), 120):
         if tuple(expected.shape[p] for p in perm) == tuple(actual.shape):
             if _close(actual, expected.permute(*perm)):
@@ -139,6 +159,19 @@ def _shape_hint(actual: torch.Tensor, expected: torch.Tensor) -> str | None:
     if _close(actual.reshape(expected.shape), expected):
         return "your values are right and in the right order: only the final shape is off (a reshape)."
     return "it has as many elements as the reference: check the order of your reshapes/permutes."
+
+
+def _dtype_hint(actual: torch.Tensor, expected: torch.Tensor) -> str:
+    low = (torch.float16, torch.bfloat16)
+    if expected.dtype in low and actual.dtype == torch.float32:
+        return (f" The answer keeps the input's precision ({expected.dtype} in, {expected.dtype} out, as the "
+                f"docstring says): compute in float32 if you like, then cast back with .to(x.dtype).")
+    if expected.dtype == torch.float32 and actual.dtype in low:
+        return (" The answer is float32 for these inputs (see the docstring's dtype rule): upcast with .float() "
+                "where the reference does.")
+    if expected.dtype == torch.float32 and actual.dtype == torch.float64:
+        return " A float64 constant (a numpy value or torch.tensor(..., dtype=float64)) promoted your result."
+    return ""
 
 
 def assert_close(
@@ -166,7 +199,7 @@ def assert_close(
         hint = _shape_hint(actual, expected)
         raise ComparisonError(msg + (f"\n  diagnosis: {hint}" if hint else ""))
     if check_dtype and actual.dtype != expected.dtype:
-        raise ComparisonError(f"{name}: dtype {actual.dtype}, expected {expected.dtype}.")
+        raise ComparisonError(f"{name}: dtype {actual.dtype}, expected {expected.dtype}." + _dtype_hint(actual, expected))
     if check_device and actual.device.type != expected.device.type:
         raise ComparisonError(
             f"{name}: tensor is on {actual.device}, expected {expected.device}: create new tensors "

@@ -89,3 +89,19 @@ def test_six_chunk_diagnosis_is_bounded(monkeypatch):
     e = torch.randn(256, 1152, dtype=torch.float64)
     compare.diagnose(torch.randn(256, 1152), e)
     assert len(calls) <= 64, len(calls)
+
+
+@pytest.mark.parametrize("got, want, says", [
+    ((3,), (3, 1, 1, 1), "(3, 1, 1, 1)"),          # a (B,) factor that would line up with W, not B
+    ((8, 8, 8, 8), (8, 8), "broadcast"),            # lesson 1's gradient blown up by broadcasting
+    ((4, 4), (4, 1), "broadcast"),
+])
+def test_shape_mismatch_names_the_broadcasting_trap(got, want, says):
+    with pytest.raises(ComparisonError) as err:
+        assert_close(torch.ones(got), torch.ones(want), name="x")
+    assert says in str(err.value) and "diagnosis" in str(err.value)
+
+
+def test_dtype_mismatch_states_the_precision_contract():
+    with pytest.raises(ComparisonError, match=r"float16 in, torch.float16 out.*\.to\(x\.dtype\)"):
+        assert_close(torch.ones(3), torch.ones(3, dtype=torch.float16), name="x")

@@ -63,3 +63,25 @@ def test_generate_autograde_feedback_solution(tmp_path):
         assert gb.find_submission(LESSON, "alice").score == 18
     solution = (course / "solutions" / LESSON / "diffusion_transformers.ipynb").read_text()
     assert "HIDDEN TESTS" not in solution and "BEGIN SOLUTION" not in solution
+
+
+def test_documented_generate_assignment_rebuilds_a_fresh_clone_and_records_the_gradebook(tmp_path):
+    """The README's plain command on a fresh clone (release/ and solutions/ already there) is not skipped."""
+    course = tmp_path / "course"
+    for folder in ("source", "release", "solutions"):
+        shutil.copytree(REPO / folder / LESSON, course / folder / LESSON)
+    shutil.copy(REPO / "nbgrader_config.py", course)
+    for cmd in ("generate_assignment", "generate_solution"):
+        done = _nbgrader(course, cmd, LESSON)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "Skipping existing assignment" not in done.stdout + done.stderr
+    for folder in ("release", "solutions"):
+        for committed in (REPO / folder / LESSON).iterdir():
+            assert (course / folder / LESSON / committed.name).read_bytes() == committed.read_bytes(), (
+                f"{folder}/{LESSON}/{committed.name} drifted")
+    from nbgrader.api import Gradebook
+
+    with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
+        assignment = gb.find_assignment(LESSON)
+        assert [nb.name for nb in assignment.notebooks] == ["diffusion_transformers"]
+        assert assignment.max_score == 18
