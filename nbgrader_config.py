@@ -32,6 +32,10 @@ c.Execute.interrupt_on_timeout = True
 # Only the kernels nbgrader starts to grade get this flag: public checks (ungraded, ~2 s of
 # otter import) are skipped there; a student's or instructor's own kernel never sees it.
 c.Execute.extra_arguments = ["--IPKernelApp.exec_lines=['import os; os.environ[\"COURSE_AUTOGRADING\"] = \"1\"']"]
+# Validate (the notebook toolbar's button, `nbgrader validate`) starts its kernel through the same
+# Execute class but does not grade: without the flag there, each graded cell's checks.validate(...)
+# runs the public check, and Validate reports the failures instead of "Success!" on a stub.
+c.Validator.Execute.extra_arguments = []
 
 # solutions/: no outputs (reproducible, no base64 images), no hidden tests, no solution markers.
 # Preprocessors are named by dotted strings, not imported classes: nbconvert imports them when

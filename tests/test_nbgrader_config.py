@@ -56,3 +56,14 @@ def test_gradebook_adds_a_submission_without_sqlalchemy_warnings(tmp_path):
         submission = gb.find_submission("lesson", "alice")
         assert [nb.name for nb in submission.notebooks] == ["nb"]
         assert gb.find_grade("check", "nb", "lesson", "alice").max_score == 2
+
+
+def test_validate_kernels_run_the_public_checks_and_grading_kernels_skip_them():
+    """The grading flag (public checks skipped) reaches autograde's kernels, never Validate's:
+    there checks.validate(...) must run the public checks, or Validate says "Success!" on a stub."""
+    from nbgrader.preprocessors import Execute
+    from nbgrader.validator import Validator
+
+    config = _config()
+    assert "COURSE_AUTOGRADING" in " ".join(Execute(config=config).extra_arguments)
+    assert Execute(parent=Validator(config=config)).extra_arguments == []
