@@ -83,7 +83,8 @@ def lab(tmp_path_factory):
             "--IdentityProvider.token=", "--ServerApp.password=", f"--ServerApp.root_dir={course}"]
     if os.geteuid() == 0:
         args.append("--allow-root")
-    proc = subprocess.Popen(args, cwd=course, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(args, cwd=course, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + WAIT
@@ -101,7 +102,7 @@ def lab(tmp_path_factory):
             time.sleep(0.5)
         yield url, course, tmp / "lab.log"
     finally:
-        proc.send_signal(signal.SIGINT)  # jupyter's own shutdown: stops its kernels
+        proc.send_signal(signal.SIGTERM)  # jupyter's own shutdown, no prompt: stops its kernels
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
