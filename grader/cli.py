@@ -136,13 +136,32 @@ def doctor(args) -> int:
     print(f"sandbox for grading kernels: {status()}")
     wdir = os.environ.get("COURSE_WEIGHTS_DIR")
     print(f"weights: {'COURSE_WEIGHTS_DIR=' + wdir if wdir else 'no local weights folder (COURSE_WEIGHTS_DIR not set)'}; "
-          f"HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '')}")
+          f"HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE') or '(unset)'}")
+    print(f"exchange (release/collect): {_exchange_status()}")
     for name, ck in CHECKPOINTS.items():
         src = resolve(name)
         parts = ", ".join(p for p, v in PARTS.items() if v.checkpoint == name)
         print(f"  [{src.kind.upper():>8}] {ck.repo_id}@{ck.revision} ({parts})")
         print(f"             {src.banner()}")
     return 0
+
+
+def _exchange_status() -> str:
+    """What nbgrader_config.py sets as the exchange root, and whether students could use it."""
+    from traitlets.config.loader import PyFileConfigLoader
+
+    try:
+        config = PyFileConfigLoader("nbgrader_config.py", path=str(REPO)).load_config()
+        root = Path(config.Exchange.root)
+    except Exception as exc:  # a broken config is what doctor is for
+        return f"nbgrader_config.py could not be read ({exc})"
+    if not root.is_dir():
+        return (f"{root} does not exist: create it before release_assignment "
+                f"(mkdir -p {root} && chmod 1777 {root}; README 'Distributing and collecting')")
+    mode = root.stat().st_mode & 0o7777
+    if mode & 0o1777 != 0o1777:
+        return f"{root} has mode {mode:o}, students need 1777 (world-writable, sticky)"
+    return f"{root} (mode {mode:o}; COURSE_EXCHANGE overrides it)"
 
 
 def weights_cmd(args) -> int:
