@@ -160,8 +160,8 @@ def export(args) -> int:
     late = [r for r in rows if r.late_penalty > 0]
     missing = sum(r.status == "missing" for r in rows)
     print(f"{out}: {len({r.student for r in rows} | set(roster))} students, {len(maxima)} assignment(s); "
-          f"{len(late)} late (penalty applied), {missing} without a submission "
-          f"({'0' if args.missing == 'zero' else 'empty'} in Canvas)")
+          f"{len(late)} late (penalty applied), {missing} without a submission"
+          + (f" ({'0' if args.missing == 'zero' else 'empty'} in Canvas)" if args.format == "canvas" else ""))
     if pending:
         print(f"{len(pending)} submission(s) with hand-graded points still pending (not in the totals yet): "
               + ", ".join(f"{s}/{a}" for a, s in pending[:10]) + (" ..." if len(pending) > 10 else ""))

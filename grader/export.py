@@ -79,6 +79,8 @@ def from_gradebook(gb, assignments: list[str] | None = None, config=None) -> tup
     """Rows for every student x assignment in an open nbgrader ``Gradebook``; (rows, maxima, roster)."""
     from nbgrader.api import MissingEntry
 
+    from .autograde import _exercise_name  # "heun_step_hidden" -> "heun_step", as in grades.csv
+
     plugin = configured_plugin(config if config is not None else course_config())
     roster = {s.id: Person(s.id, s.first_name or "", s.last_name or "", s.email or "", s.lms_user_id or "")
               for s in gb.students}
@@ -86,7 +88,7 @@ def from_gradebook(gb, assignments: list[str] | None = None, config=None) -> tup
     for a in gb.assignments:
         if assignments and a.name not in assignments:
             continue
-        maxima[a.name] = {c.name: float(c.max_score or 0) for nb in a.notebooks
+        maxima[a.name] = {_exercise_name(c.name): float(c.max_score or 0) for nb in a.notebooks
                           for c in list(nb.grade_cells) + list(nb.task_cells)}
         for sid in roster:
             try:
@@ -97,7 +99,7 @@ def from_gradebook(gb, assignments: list[str] | None = None, config=None) -> tup
             ex = {}
             for nb in sub.notebooks:
                 for g in nb.grades:
-                    ex[g.name] = (None if g.needs_manual_grade else float(g.score or 0.0), float(g.max_score or 0))
+                    ex[_exercise_name(g.name)] = (None if g.needs_manual_grade else float(g.score or 0.0), float(g.max_score or 0))
             row = Row(sid, a.name, "graded", ex, sub.timestamp.isoformat(sep=" ") if sub.timestamp else "",
                       float(sub.total_seconds_late))
             row.status = "pending" if row.pending else "graded"

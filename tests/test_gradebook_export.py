@@ -31,6 +31,21 @@ ROSTER = "id,first_name,last_name,email\nalice,Alice,Liddell,alice@example.org\n
          "carol,Carol,Danvers,carol@example.org\n"
 
 
+@pytest.fixture(scope="module")
+def empty_gradebook(tmp_path_factory) -> Path:
+    """A new nbgrader gradebook, made once: creating one runs its migrations (seconds); copies are instant."""
+    from nbgrader.api import Gradebook
+
+    path = tmp_path_factory.mktemp("empty") / "gradebook.db"
+    Gradebook(f"sqlite:///{path}").close()
+    return path
+
+
+def _copy_db(src: Path, tmp_path: Path) -> str:
+    shutil.copy(src, tmp_path / "gradebook.db")
+    return f"sqlite:///{tmp_path / 'gradebook.db'}"
+
+
 def _csv(path: Path) -> list[list[str]]:
     with open(path, newline="", encoding="utf-8") as f:
         return list(csv.reader(f))
@@ -95,8 +110,8 @@ def test_roster_reads_ours_canvas_and_moodle_exports(tmp_path):
         read_roster(bad)
 
 
-def test_roster_import_adds_then_updates_in_nbgraders_gradebook(tmp_path):
-    db = f"sqlite:///{tmp_path / 'gradebook.db'}"
+def test_roster_import_adds_then_updates_in_nbgraders_gradebook(tmp_path, empty_gradebook):
+    db = _copy_db(empty_gradebook, tmp_path)
     (tmp_path / "r.csv").write_text(ROSTER)
     assert import_roster(read_roster(tmp_path / "r.csv"), db) == (3, 0)
     (tmp_path / "r.csv").write_text("id,first_name,last_name,email\nbob,Robert,Builder,rob@example.org\n")
@@ -107,11 +122,11 @@ def test_roster_import_adds_then_updates_in_nbgraders_gradebook(tmp_path):
         ("Robert", "rob@example.org", "alice@example.org")
 
 
-def test_roster_cli_imports_and_lists(tmp_path, capsys):
+def test_roster_cli_imports_and_lists(tmp_path, capsys, empty_gradebook):
     from grader.cli import main
 
     (tmp_path / "r.csv").write_text(ROSTER)
-    db = f"sqlite:///{tmp_path / 'gradebook.db'}"
+    db = _copy_db(empty_gradebook, tmp_path)
     assert main(["roster", "import", str(tmp_path / "r.csv"), "--db", db]) == 0
     assert main(["roster", "list", "--db", db]) == 0
     out = capsys.readouterr().out
@@ -119,7 +134,8 @@ def test_roster_cli_imports_and_lists(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------- a gradebook built with nbgrader's API
-def _lesson8_gradebook(tmp_path: Path) -> str:
+@pytest.fixture(scope="module")
+def lesson8_gradebook(tmp_path_factory, empty_gradebook) -> Path:
     """Lesson 8's cells (4 autograded exercises, 10 points; a hand-graded task, 2 points) in a gradebook
     with a due date; alice on time, bob 1 h late, carol on the roster without a submission. Scores
     are set as SaveAutoGrades would, then nbgrader's AssignLatePenalties stores its penalty."""
@@ -129,7 +145,8 @@ def _lesson8_gradebook(tmp_path: Path) -> str:
     source = nbformat.read(next((REPO / "source" / LESSON8).glob("*.ipynb")), as_version=4)
     graded, tasks = _graded_cells(source), _task_cells(source)
     nbname = next((REPO / "source" / LESSON8).glob("*.ipynb")).stem
-    db = f"sqlite:///{tmp_path / 'gradebook.db'}"
+    tmp_path = tmp_path_factory.mktemp("lesson8")
+    db = _copy_db(empty_gradebook, tmp_path)
     (tmp_path / "r.csv").write_text(ROSTER)
     import_roster(read_roster(tmp_path / "r.csv"), db)
     with Gradebook(db) as gb:
@@ -149,13 +166,13 @@ def _lesson8_gradebook(tmp_path: Path) -> str:
     for student in ("alice", "bob"):
         resources = {"nbgrader": {"notebook": nbname, "assignment": LESSON8, "student": student, "db_url": db}}
         AssignLatePenalties(config=config).preprocess(nbformat.v4.new_notebook(), resources)
-    return db
+    return tmp_path / "gradebook.db"
 
 
-def test_late_penalty_is_nbgraders_and_export_agrees(tmp_path):
+def test_late_penalty_is_nbgraders_and_export_agrees(tmp_path, lesson8_gradebook):
     from nbgrader.api import Gradebook
 
-    db = _lesson8_gradebook(tmp_path)
+    db = _copy_db(lesson8_gradebook, tmp_path)
     with Gradebook(db) as gb:
         stored = {s: gb.find_submission(LESSON8, s).late_submission_penalty for s in ("alice", "bob")}
         rows, maxima, roster = from_gradebook(gb)
@@ -169,9 +186,9 @@ def test_late_penalty_is_nbgraders_and_export_agrees(tmp_path):
     assert sum(maxima[LESSON8].values()) == 12.0
 
 
-def test_nbgrader_export_has_names_emails_timestamps_and_the_same_penalty(tmp_path):
+def test_nbgrader_export_has_names_emails_timestamps_and_the_same_penalty(tmp_path, lesson8_gradebook):
     """`nbgrader export` (its own CSV) from that gradebook: no more empty name/email/timestamp columns."""
-    db = _lesson8_gradebook(tmp_path)
+    db = _copy_db(lesson8_gradebook, tmp_path)
     env = dict(os.environ, PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"],
                COURSE_ROOT=str(tmp_path), COURSE_DB_URL=db)
     for args in (["export", "--to", str(tmp_path / "nb.csv")],
@@ -190,10 +207,10 @@ def test_nbgrader_export_has_names_emails_timestamps_and_the_same_penalty(tmp_pa
     assert {r[0]: r[5] for r in canvas[2:]} == {"Builder, Bob": "6.3", "Danvers, Carol": "", "Liddell, Alice": "7"}
 
 
-def test_canvas_csv_has_header_points_row_exercises_and_roster_names(tmp_path):
+def test_canvas_csv_has_header_points_row_exercises_and_roster_names(tmp_path, lesson8_gradebook):
     from nbgrader.api import Gradebook
 
-    db = _lesson8_gradebook(tmp_path)
+    db = _copy_db(lesson8_gradebook, tmp_path)
     with Gradebook(db) as gb:
         rows, maxima, roster = from_gradebook(gb)
     out = tmp_path / "canvas.csv"
@@ -202,24 +219,24 @@ def test_canvas_csv_has_header_points_row_exercises_and_roster_names(tmp_path):
     header, points, body = table[0], table[1], table[2:]
     total = f"{title(LESSON8)} (4711)"
     assert header[:5] == CANVAS_HEADER and header[5] == total == "Lesson 8: the speed landscape (4711)"
-    assert f"{title(LESSON8)}: heun_step_hidden" in header and f"{title(LESSON8)}: when_to_use_task" in header
+    assert f"{title(LESSON8)}: heun_step" in header and f"{title(LESSON8)}: when_to_use_task" in header
     assert points[0] == "Points Possible" and points[5] == "12" and all(p for p in points[5:])
     rows_by = {r[0]: dict(zip(header, r)) for r in body}
     assert list(rows_by) == ["Builder, Bob", "Danvers, Carol", "Liddell, Alice"]  # Canvas sorts by "Last, First"
     assert rows_by["Liddell, Alice"]["SIS Login ID"] == "alice"
     assert rows_by["Builder, Bob"][total] == "6.3"                              # late penalty applied
-    assert rows_by["Liddell, Alice"][f"{title(LESSON8)}: heun_step_hidden"] == "0"
+    assert rows_by["Liddell, Alice"][f"{title(LESSON8)}: heun_step"] == "0"
     assert rows_by["Liddell, Alice"][f"{title(LESSON8)}: when_to_use_task"] == ""  # pending, not 0
     assert rows_by["Danvers, Carol"][total] == ""                               # no submission: Canvas keeps its grade
     write_canvas(rows, maxima, roster, out, missing="zero")
     assert {r[0]: r[5] for r in _csv(out)[2:]}["Danvers, Carol"] == "0"
 
 
-def test_manual_points_count_once_graded_in_formgrader(tmp_path):
+def test_manual_points_count_once_graded_in_formgrader(tmp_path, lesson8_gradebook):
     """Lesson 8's 2 hand-graded points: pending in the export until formgrader sets them, then in the total."""
     from nbgrader.api import Gradebook
 
-    db = _lesson8_gradebook(tmp_path)
+    db = _copy_db(lesson8_gradebook, tmp_path)
     with Gradebook(db) as gb:
         nbname = gb.find_assignment(LESSON8).notebooks[0].name
         g = gb.find_grade("when_to_use_task", nbname, LESSON8, "bob")
@@ -325,3 +342,16 @@ def test_on_time_and_late_submissions_get_the_same_penalty_in_nbgrader_and_cours
     assert main(["export", "--format", "canvas", "--db", db, "-o", str(tmp_path / "canvas.csv")]) == 0
     canvas = {r[0]: r[5] for r in _csv(tmp_path / "canvas.csv")[2:]}
     assert canvas == {"Builder, Bob": "12", "Danvers, Carol": "", "Liddell, Alice": "15"}
+
+
+def test_course_export_cli_writes_canvas_and_long_csv_and_lists_pending(tmp_path, capsys, lesson8_gradebook):
+    from grader.cli import main
+
+    db = _copy_db(lesson8_gradebook, tmp_path)
+    assert main(["export", "--db", db, "-o", str(tmp_path / "canvas.csv")]) == 0
+    assert main(["export", "--format", "long", "--db", db, "-o", str(tmp_path / "scores.csv")]) == 0
+    out = capsys.readouterr().out
+    assert "1 late (penalty applied), 1 without a submission (empty in Canvas)" in out
+    assert "hand-graded points still pending" in out and "alice/08_the_speed_landscape" in out
+    assert _csv(tmp_path / "canvas.csv")[1][:6] == ["Points Possible", "", "", "", "", "12"]
+    assert _csv(tmp_path / "scores.csv")[0][:6] == ["student", "first_name", "last_name", "email", "assignment", "item"]
