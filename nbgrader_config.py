@@ -98,3 +98,18 @@ c.Exchange.root = os.environ.get("COURSE_EXCHANGE", "/srv/nbgrader/exchange")
 # nbgrader still refuses to change graded cells once there are submissions.
 c.GenerateAssignment.force = True
 c.GenerateSolution.force = True
+
+# ---------------------------------------------------------------- late submissions (grader/late.py)
+# nbgrader compares each submission's timestamp.txt (written by `nbgrader collect`) with the
+# assignment's due date in the gradebook (`nbgrader db assignment add LESSON --duedate="2026-12-11 23:59 Europe/Berlin"`;
+# `course autograde --due` for a batch) and asks this plugin for the penalty. One policy for plain
+# nbgrader, formgrader and `course autograde`. Methods: "none" (nbgrader's default: never penalise),
+# "zero" (nbgrader's: a late submission scores 0), "per_day" (percent_per_day of the score for each
+# started day late, at most max_percent, nothing within grace_minutes). No timestamp.txt: not late.
+from grader.late import CourseLatePenalty  # noqa: E402
+
+c.AssignLatePenalties.plugin_class = CourseLatePenalty
+c.CourseLatePenalty.penalty_method = "per_day"
+c.CourseLatePenalty.percent_per_day = 10.0
+c.CourseLatePenalty.max_percent = 50.0
+c.CourseLatePenalty.grace_minutes = 15.0

@@ -21,11 +21,13 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import nbformat
 
 from . import __version__
+from .late import human, read_timestamp
 from .submission import InvalidSubmission, normalise, read_notebook
 
 REPO = Path(__file__).resolve().parent.parent
@@ -37,6 +39,7 @@ class Submission:
     student: str
     path: Path
     named_by_student: bool = False   # nbgrader layout: the file name was the student's to keep
+    folder: Path | None = None       # nbgrader layout: where timestamp.txt is (nbgrader collect writes it)
 
 
 @dataclass
@@ -53,6 +56,13 @@ class Result:
     feedback: str | None = None
     seconds: float = 0.0
     digest: str = ""
+    timestamp: str = ""              # submission time (UTC, from timestamp.txt); '' when there is none
+    late_seconds: float = 0.0        # past the due date, as nbgrader computes it
+    late_penalty: float = 0.0        # points taken off by the late policy (grader.late, nbgrader's AssignLatePenalties)
+
+    @property
+    def final_score(self) -> float:
+        return max(0.0, self.score - self.late_penalty)
 
 
 def source_notebook(assignment: str, root: Path = REPO) -> Path:
@@ -73,7 +83,8 @@ def collect(paths: list[Path], assignment: str) -> list[Submission]:
             for student_dir in roots:
                 nbs = sorted((student_dir / assignment).glob("*.ipynb"))
                 if nbs:
-                    subs.append(Submission(student_dir.name, nbs[0], named_by_student=True))
+                    subs.append(Submission(student_dir.name, nbs[0], named_by_student=True,
+                                           folder=student_dir / assignment))
         elif path.is_dir():
             subs.extend(Submission(p.stem, p) for p in sorted(path.glob("*.ipynb")))
         else:
@@ -217,8 +228,9 @@ def _autograde_in_process(root: Path, assignment: str, student: str) -> dict:
 class Batch:
     """One assignment, one output folder; prepared once, then :meth:`grade` per submission."""
 
-    def __init__(self, assignment: str, out: Path, workdir: Path | None = None):
+    def __init__(self, assignment: str, out: Path, workdir: Path | None = None, due: datetime | None = None):
         self.assignment = assignment
+        self.due = due                 # naive UTC, as nbgrader stores it; None: no due date, nothing is late
         self.out = out
         self.source = source_notebook(assignment)
         self.source_nb = nbformat.read(self.source, as_version=4)
@@ -257,10 +269,18 @@ class Batch:
         done = _nbgrader(self.template, "generate_assignment", self.assignment, "--force", timeout=600)
         if done.returncode != 0:
             raise RuntimeError(f"nbgrader generate_assignment failed:\n{done.stdout[-3000:]}")
+        if self.due is not None:  # nbgrader's own lateness check (and AssignLatePenalties) reads it from here
+            from nbgrader.api import Gradebook
+
+            with Gradebook(f"sqlite:///{self.template / 'gradebook.db'}") as gb:
+                gb.update_or_create_assignment(self.assignment, duedate=self.due)
 
     def _digest(self, sub: Submission) -> str:
         h = hashlib.sha256()
-        for part in (sub.path.read_bytes(), self.source.read_bytes(), __version__.encode()):
+        stamp = sub.folder / "timestamp.txt" if sub.folder else None
+        policy = REPO / "nbgrader_config.py"  # the late policy lives there
+        for part in (sub.path.read_bytes(), self.source.read_bytes(), __version__.encode(), str(self.due).encode(),
+                     stamp.read_bytes() if stamp and stamp.is_file() else b"", policy.read_bytes()):
             h.update(part)
         return h.hexdigest()[:16]
 
@@ -290,8 +310,12 @@ class Batch:
         result.max_score = _max_score(self.source_nb)
         result.exercises = {name: {"score": 0.0, "max_score": pts, "message": ""}
                             for name, pts in _graded_cells(self.source_nb).items()}
+        for name, pts in _task_cells(self.source_nb).items():  # graded by hand in formgrader: pending here
+            result.exercises[name] = {"score": None, "max_score": pts, "manual": True,
+                                      "message": "graded by hand (formgrader): pending"}
+        stamp = self._timestamp(sub, result)
         try:
-            self._grade_into(sub, result)
+            self._grade_into(sub, result, stamp)
         except InvalidSubmission as exc:
             result.status = "invalid"
             result.notes.append(str(exc))
@@ -306,7 +330,19 @@ class Batch:
         self.save(result)
         return result
 
-    def _grade_into(self, sub: Submission, result: Result) -> None:
+    def _timestamp(self, sub: Submission, result: Result) -> datetime | None:
+        """The submission time nbgrader will read, and a note when there is none and a due date is set."""
+        stamp, note = read_timestamp(sub.folder) if sub.folder else (None, "no timestamp.txt: lateness not checked "
+                                                                     "(treated as on time)")
+        if stamp is not None:
+            result.timestamp = stamp.isoformat(sep=" ")
+            if self.due is not None:  # nbgrader's figure replaces this for graded submissions
+                result.late_seconds = max(0.0, (stamp - self.due).total_seconds())
+        elif self.due is not None:
+            result.notes.append(note)
+        return stamp
+
+    def _grade_into(self, sub: Submission, result: Result, stamp: datetime | None = None) -> None:
         submitted = read_notebook(sub.path)
         fixed = normalise(submitted, self.source_nb)
         result.notes.extend(fixed.notes)
@@ -318,6 +354,8 @@ class Batch:
         target = root / "submitted" / sub.student / self.assignment / self.source.name
         target.parent.mkdir(parents=True)
         nbformat.write(fixed.notebook, target)
+        if stamp is not None:  # nbgrader reads it there (CourseDirectory.get_existing_timestamp)
+            (target.parent / "timestamp.txt").write_text(stamp.isoformat(sep=" ") + " UTC\n")
         done = self._worker().run(root, sub.student, NOTEBOOK_TIMEOUT)
         autograded = root / "autograded" / sub.student / self.assignment / self.source.name
         if not autograded.is_file():
@@ -344,11 +382,23 @@ class Batch:
             total = 0.0
             for grade in nb.grades:
                 name = _exercise_name(grade.name)
-                if name in result.exercises:
-                    score = float(grade.score or 0.0)
-                    result.exercises[name]["score"] = score
-                    total += score
+                if name not in result.exercises:
+                    continue
+                if result.exercises[name].get("manual") and grade.manual_score is None:
+                    continue  # nobody has graded it yet: pending, not 0
+                score = float(grade.score or 0.0)
+                result.exercises[name]["score"] = score
+                total += score
             result.score = total
+            # nbgrader's own lateness and penalty (AssignLatePenalties with the course's plugin), not a recomputation
+            submission = gb.find_submission(self.assignment, student)
+            if submission.timestamp is not None:
+                result.timestamp = submission.timestamp.isoformat(sep=" ")
+            result.late_seconds = float(submission.total_seconds_late)
+            result.late_penalty = float(nb.late_submission_penalty or 0.0)
+        pending = {n: e["max_score"] for n, e in result.exercises.items() if e.get("manual") and e["score"] is None}
+        if pending:
+            result.notes.append(f"{sum(pending.values()):g} point(s) to grade by hand in formgrader: {', '.join(pending)}")
 
 
 def _graded_cells(nb) -> dict[str, float]:
@@ -360,8 +410,15 @@ def _graded_cells(nb) -> dict[str, float]:
     return out
 
 
+def _task_cells(nb) -> dict[str, float]:
+    """nbgrader task cells (graded by hand, e.g. lesson 8's written comparison): name -> points."""
+    return {meta["grade_id"]: float(meta.get("points", 0)) for c in nb.cells
+            if (meta := c.get("metadata", {}).get("nbgrader", {})).get("task")}
+
+
 def _max_score(nb) -> float:
-    return sum(_graded_cells(nb).values())
+    """nbgrader's max score: autograded and hand-graded points."""
+    return sum(_graded_cells(nb).values()) + sum(_task_cells(nb).values())
 
 
 def _exercise_name(grade_id: str) -> str:
@@ -387,24 +444,34 @@ def _messages(nb, result: Result) -> None:
                 result.exercises[name]["message"] = f"{out.get('ename')}: {out.get('evalue', '')}"[:2000]
 
 
-def write_csv(results: list[Result], path: Path) -> None:
+def write_csv(results: list[Result], path: Path, roster: dict | None = None) -> None:
+    """One row per submission. ``score`` is what grading earned, ``final_score`` that less the late
+    penalty; a hand-graded exercise nobody has graded yet is empty (pending), not 0. Names and
+    e-mails come from ``roster`` (grader.roster.students: the course gradebook's)."""
+    roster = roster or {}
     names = sorted({n for r in results for n in r.exercises}, key=lambda n: list(results[0].exercises).index(n)
                    if n in results[0].exercises else 99)
     tmp = path.with_suffix(".csv.tmp")
     with tmp.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["student", "assignment", "status", "score", "max_score", *names, "flags", "notes"])
+        w.writerow(["student", "assignment", "status", "score", "max_score", "late_penalty", "final_score",
+                    "timestamp", "late_by", "late_seconds", "first_name", "last_name", "email",
+                    *names, "flags", "notes"])
         for r in sorted(results, key=lambda r: r.student):
-            w.writerow([r.student, r.assignment, r.status, r.score, r.max_score,
-                        *[r.exercises.get(n, {}).get("score", 0.0) for n in names], " | ".join(r.flags),
-                        " | ".join(r.notes)])
+            who = roster.get(r.student)
+            scores = [r.exercises.get(n, {}).get("score", 0.0) for n in names]
+            w.writerow([r.student, r.assignment, r.status, r.score, r.max_score, r.late_penalty, r.final_score,
+                        r.timestamp, human(r.late_seconds), round(r.late_seconds),
+                        *((who.first_name, who.last_name, who.email) if who else ("", "", "")),
+                        *["" if s is None else s for s in scores], " | ".join(r.flags), " | ".join(r.notes)])
     os.replace(tmp, path)
 
 
 def table(results: list[Result]) -> str:
     rows = [f"{'student':<24} {'status':<8} {'score':>11}  notes"]
     for r in sorted(results, key=lambda r: r.student):
-        note = ("; ".join(r.notes))[:90]
+        late = [f"late {human(r.late_seconds)}: -{r.late_penalty:g} -> {r.final_score:g}"] if r.late_seconds > 0 else []
+        note = ("; ".join(late + r.notes))[:90]
         rows.append(f"{r.student:<24} {r.status:<8} {r.score:>5g} / {r.max_score:<4g} {note}")
     return "\n".join(rows)
 
@@ -420,12 +487,15 @@ def load_results(folders: list[Path]) -> list[Result]:
 
 
 def run(paths: list[Path], assignment: str, out: Path, *, jobs: int = 1, shard: tuple[int, int] | None = None,
-        force: bool = False, progress: bool = True) -> list[Result]:
+        force: bool = False, progress: bool = True, due: datetime | None = None,
+        roster: dict | None = None) -> list[Result]:
+    """Grade a batch. ``due`` (naive UTC) makes nbgrader check each submission's timestamp.txt and
+    apply the course's late policy; ``roster`` (id -> grader.roster.Person) names students in grades.csv."""
     subs = collect(paths, assignment)
     if shard:
         i, n = shard
         subs = [s for k, s in enumerate(sorted(subs, key=lambda s: s.student)) if k % n == i - 1]
-    batch = Batch(assignment, out)
+    batch = Batch(assignment, out, due=due)
     results: list[Result] = []
     todo = []
     for s in subs:
@@ -442,6 +512,6 @@ def run(paths: list[Path], assignment: str, out: Path, *, jobs: int = 1, shard: 
             bar.update(1)
     bar.close()
     batch.close()
-    write_csv(results, out / "grades.csv")
+    write_csv(results, out / "grades.csv", roster)
     shutil.rmtree(batch.work, ignore_errors=True)
     return results

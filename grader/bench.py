@@ -45,6 +45,27 @@ def check_latency(lesson: str, repeat: int) -> tuple[float, dict[str, dict[str, 
     return import_s, out
 
 
+def first_check_in_kernel(lesson: str, reading_s: float = 3.0) -> float:
+    """Seconds of the first `checks.run` cell as a student meets it: a fresh kernel runs the setup
+    cell, the student reads for ``reading_s``, fills in the first answer and runs its check."""
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(source_path(lesson), as_version=4)
+    code = [(i, c) for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+    setup = next(i for i, c in code if c.metadata.get("nbgrader", {}).get("grade_id") == "setup")
+    answer = next(i for i, c in code if c.metadata.get("nbgrader", {}).get("solution"))
+    check = next(i for i, c in code if i > answer and "checks.run(" in c.source)
+    with tempfile.TemporaryDirectory() as tmp:
+        client = NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": tmp}})
+        with client.setup_kernel():
+            client.execute_cell(nb.cells[setup], setup)
+            time.sleep(reading_s)
+            client.execute_cell(nb.cells[answer], answer)
+            start = time.perf_counter()
+            client.execute_cell(nb.cells[check], check)
+            return round(time.perf_counter() - start, 3)
+
+
 def notebook_seconds(lesson: str) -> float:
     from nbclient import NotebookClient
 
@@ -139,13 +160,14 @@ def main(args) -> int:
                          f"{platform.system()}", "lessons": {}}
     for lesson in lessons:
         import_s, lat = check_latency(lesson, args.repeat)
-        entry = {"checks": lat, "otter_import_in_background_s": import_s, "notebook_s": notebook_seconds(lesson), "autograde": autograde_seconds(lesson),
+        entry = {"checks": lat, "otter_import_in_background_s": import_s,
+                 "first_check_in_kernel_s": first_check_in_kernel(lesson), "notebook_s": notebook_seconds(lesson), "autograde": autograde_seconds(lesson),
                  "autograde_without_isolation": autograde_seconds(lesson, isolation=False)}
         report["lessons"][lesson] = entry
         p50 = statistics.median(v["p50_s"] for v in lat.values())
         print(f"{lesson}: public check p50 {p50 * 1000:.1f} ms (slowest p50 "
               f"{max(v['p50_s'] for v in lat.values()) * 1000:.1f} ms, first call up to "
-              f"{max(v['first_s'] for v in lat.values()):.2f} s, after otter's {import_s:.2f} s background import); notebook {entry['notebook_s']} s; "
+              f"{max(v['first_s'] for v in lat.values()):.2f} s, after otter's {import_s:.2f} s background import; in a kernel after the setup cell: {entry['first_check_in_kernel_s']:.2f} s); notebook {entry['notebook_s']} s; "
               f"autograde {entry['autograde']['one_submission_s']} s per submission "
               f"({entry['autograde']['with_batch_setup_s']} s with batch setup); without isolation "
               f"{entry['autograde_without_isolation']['one_submission_s']} s")

@@ -61,7 +61,7 @@ def tests_dir(assignment: str) -> Path:
         text = _TEMPLATE.format(name=name, assignment=assignment)
         path = folder / f"{name}.py"
         if not path.is_file() or path.read_text() != text:
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")  # the warm-up thread writes too
             tmp.write_text(text)
             os.replace(tmp, path)
     return folder
@@ -81,12 +81,12 @@ class LessonChecks:
         self.assignment = assignment
         self._otter = None
         self._shown: set[str] = set()
-        # otter's import costs ~1.5 s (nbconvert, jsonschema): it runs while the student reads the
-        # first section, so the first check answers as fast as the others. Not in a grading kernel,
-        # where public checks never run.
+        # otter's import (~1.5 s: nbconvert, jsonschema) and the lesson's references (diffusers) run
+        # while the student reads the first section, so the first check answers as fast as the
+        # others. Not in a grading kernel, where public checks never run.
         self._importing = None
         if not os.environ.get(AUTOGRADE_ENV):
-            self._importing = threading.Thread(target=_import_otter, name="otter-import", daemon=True)
+            self._importing = threading.Thread(target=_warm_up, args=(assignment,), name="checks-warm-up", daemon=True)
             self._importing.start()
 
     # ------------------------------------------------------------------ banners
@@ -180,9 +180,21 @@ class LessonChecks:
             print(demo_message(exc, needs))
 
 
-def _import_otter() -> None:
+def _warm_up(assignment: str) -> None:
+    """Imports the first check would pay for: otter (nbconvert, jsonschema), the lesson's
+    exercises module with its references, the diffusers modules its guards patch (diffusers
+    imports lazily: diffusers.training_utils alone costs seconds), and the otter test files."""
     with contextlib.suppress(Exception):
         import otter  # noqa: F401
+
+        from .exercises import lesson
+        from .guard import _resolve
+
+        for ex in lesson(assignment).EXERCISES.values():
+            for target in ex.forbidden:
+                with contextlib.suppress(Exception):
+                    _resolve(target)
+        tests_dir(assignment)
 
 
 def _is_notebook_frame(filename: str) -> bool:

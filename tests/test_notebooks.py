@@ -63,6 +63,7 @@ def test_course_check_explains_a_wrong_notebook(tmp_path):
 def test_doctor_and_weights_verify(tmp_path):
     done = _course("doctor", cwd=tmp_path)
     assert done.returncode == 0 and "STAND-IN" in done.stdout and "diffusers" in done.stdout
+    assert "exchange (release/collect): " in done.stdout and "sandbox for grading kernels" in done.stdout
     done = _course("weights", "verify", cwd=tmp_path)
     from grader.weights import PARTS
 
