@@ -106,9 +106,7 @@ c.GenerateSolution.force = True
 # nbgrader, formgrader and `course autograde`. Methods: "none" (nbgrader's default: never penalise),
 # "zero" (nbgrader's: a late submission scores 0), "per_day" (percent_per_day of the score for each
 # started day late, at most max_percent, nothing within grace_minutes). No timestamp.txt: not late.
-from grader.late import CourseLatePenalty  # noqa: E402
-
-c.AssignLatePenalties.plugin_class = CourseLatePenalty
+c.AssignLatePenalties.plugin_class = "grader.late.CourseLatePenalty"  # a name, not the class: formgrader shows the config as JSON
 c.CourseLatePenalty.penalty_method = "per_day"
 c.CourseLatePenalty.percent_per_day = 10.0
 c.CourseLatePenalty.max_percent = 50.0
