@@ -190,16 +190,20 @@ def _zero_conv_judge(case: Case, got) -> None:
 
 # ---------------------------------------------------------------- 2. backward through a 1x1 convolution
 def _backward_cases(ctx: Context):
-    # (B, C_in, H, W, C_out, zero weights?)
-    configs = ([(2, 5, 4, 6, 3, False), (3, 8, 2, 5, 8, True), (1, 6, 3, 3, 6, False), (2, 320, 3, 2, 320, True)]
-               if ctx.hidden else [(2, 4, 3, 3, 4, False), (1, 4, 3, 3, 4, True)])
-    for i, (B, C, H, W, O, zero) in enumerate(configs):
+    # (B, C_in, H, W, C_out, zero weights?, dtype): the answer keeps its inputs' dtype (float64 in, float64 out)
+    f32, f64 = torch.float32, torch.float64
+    configs = ([(2, 5, 4, 6, 3, False, f32), (3, 8, 2, 5, 8, True, f32), (1, 6, 3, 3, 6, False, f64),
+                (2, 320, 3, 2, 320, True, f32)]
+               if ctx.hidden else [(2, 4, 3, 3, 4, False, f32), (1, 4, 3, 3, 4, True, f32), (1, 3, 2, 2, 2, False, f64)])
+    for i, (B, C, H, W, O, zero, dtype) in enumerate(configs):
         s = 10 * i
-        x = ctx.randn(B, C, H, W, offset=s)
+        x = ctx.randn(B, C, H, W, offset=s).to(dtype)
         weight = torch.zeros(O, C, 1, 1, device=ctx.device) if zero else ctx.randn(O, C, 1, 1, offset=s + 1, scale=0.5)
         bias = torch.zeros(O, device=ctx.device) if zero else ctx.randn(O, offset=s + 2)
-        grad_out = ctx.randn(B, O, H, W, offset=s + 3)
-        label = f"x {(B, C, H, W)}, weight {(O, C, 1, 1)}{' all zero (a zero conv)' if zero else ''}"
+        grad_out = ctx.randn(B, O, H, W, offset=s + 3).to(dtype)
+        weight, bias = weight.to(dtype), bias.to(dtype)
+        label = (f"x {(B, C, H, W)}, weight {(O, C, 1, 1)}{' all zero (a zero conv)' if zero else ''}"
+                 f"{', float64' if dtype == f64 else ''}")
         yield Case(label, (x, weight, bias, grad_out))
 
 

@@ -138,9 +138,13 @@ def _depth_variant(depth, *, lo=0.02, hi=0.85, invert=True, clip=True, per_image
 
 
 def _depth_cases(ctx: Context):
-    configs = [(2, 24, 40), (3, 16, 16), (1, 40, 24)] if ctx.hidden else [(2, 32, 32)]
-    for i, (B, H, W) in enumerate(configs):
-        yield Case(f"depth {(B, H, W)}", (depth_scene((ctx.seed + i) % 2 ** 62, B, H, W, ctx.device),))
+    # float64 depth (numpy's default) must still give the pipeline's float32 control image.
+    configs = ([(2, 24, 40, torch.float32), (3, 16, 16, torch.float64), (1, 40, 24, torch.float32)] if ctx.hidden
+               else [(2, 32, 32, torch.float32), (1, 24, 16, torch.float64)])
+    for i, (B, H, W, dtype) in enumerate(configs):
+        depth = depth_scene((ctx.seed + i) % 2 ** 62, B, H, W, ctx.device).to(dtype)
+        kind = "" if dtype == torch.float32 else f", {str(dtype).replace('torch.', '')}"
+        yield Case(f"depth {(B, H, W)}{kind}", (depth,))
 
 
 def _depth_judge(case: Case, got) -> None:

@@ -150,20 +150,26 @@ def _proj_cases(ctx: Context):
         def rand(T, C, E, o):
             return (ctx.randn(T * C, E, offset=o, scale=0.3), ctx.randn(T * C, offset=o + 1),
                     1 + ctx.randn(C, offset=o + 2, scale=0.2), ctx.randn(C, offset=o + 3, scale=0.2))
-        configs = [(3, real), (2, rand(16, 6, 10, 1)), (4, rand(3, 5, 7, 5)), (1, rand(1, 8, 4, 9))]
+        configs = [(3, real), (2, rand(16, 6, 10, 1)), (4, rand(3, 5, 7, 5)), (1, rand(1, 8, 4, 9)),
+                   (2, tuple(w.half() for w in rand(4, 8, 12, 13)))]
     else:
-        configs = [(1, real), (2, (ctx.randn(2 * 6, 5, offset=1, scale=0.3), ctx.randn(2 * 6, offset=2),
-                                   1 + ctx.randn(6, offset=3, scale=0.2), ctx.randn(6, offset=4, scale=0.2)))]
+        small = (ctx.randn(2 * 6, 5, offset=1, scale=0.3), ctx.randn(2 * 6, offset=2),
+                 1 + ctx.randn(6, offset=3, scale=0.2), ctx.randn(6, offset=4, scale=0.2))
+        configs = [(1, real), (2, small), (2, tuple(w.half() for w in small))]
+    # The last case is an fp16 pipeline's: fp16 embeddings and weights in, fp16 tokens out.
     for i, (B, (wt, bs, nwt, nbs)) in enumerate(configs):
-        e = ctx.randn(B, wt.shape[1], offset=20 + i)
+        e = ctx.randn(B, wt.shape[1], offset=20 + i).to(wt.dtype)
         T, C = wt.shape[0] // nwt.shape[0], nwt.shape[0]
-        yield Case(f"image_embeds {tuple(e.shape)} -> {T} tokens of width {C}", (e, wt, bs, nwt, nbs))
+        kind = "" if wt.dtype == torch.float32 else f", {str(wt.dtype).replace('torch.', '')} (dtype kept)"
+        yield Case(f"image_embeds {tuple(e.shape)} -> {T} tokens of width {C}{kind}", (e, wt, bs, nwt, nbs))
 
 
 def _proj_judge(case: Case, got) -> None:
     e, wt, bs, nwt, nbs = case.args
+    # fp16: two correct orders of the same fp16 ops differ by a few units of fp16's 1e-3 precision.
+    tol = dict(rtol=5e-3, max_tol=5e-3) if e.dtype in (torch.float16, torch.bfloat16) else {}
     assert_close(got, ref.image_projection(*case.args), name=f"image_projection on {case.label}",
-                 variants=_proj_variants(e, wt, bs, nwt, nbs))
+                 variants=_proj_variants(e, wt, bs, nwt, nbs), **tol)
 
 
 # ---------------------------------------------------------------- 2. decoupled cross-attention

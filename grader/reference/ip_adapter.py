@@ -53,13 +53,16 @@ def split_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, dict[str,
 
 def image_projection(image_embeds: torch.Tensor, proj_weight: torch.Tensor, proj_bias: torch.Tensor,
                      norm_weight: torch.Tensor, norm_bias: torch.Tensor) -> torch.Tensor:
-    """``ImageProjection``: image_embeds (B, E) -> (B, T, C), T = proj_weight.shape[0] // C."""
+    """``ImageProjection``: image_embeds (B, E) -> (B, T, C), T = proj_weight.shape[0] // C.
+
+    Runs in the weights' dtype, as the module does in an fp16 pipeline (fp16 in -> fp16 out).
+    """
     from diffusers.models.embeddings import ImageProjection
 
     C = norm_weight.shape[0]
     E = proj_weight.shape[1]
     T = proj_weight.shape[0] // C
-    proj = ImageProjection(image_embed_dim=E, cross_attention_dim=C, num_image_text_embeds=T).to(image_embeds.device)
+    proj = ImageProjection(image_embed_dim=E, cross_attention_dim=C, num_image_text_embeds=T).to(image_embeds.device, proj_weight.dtype)
     with torch.no_grad():
         proj.image_embeds.weight.copy_(proj_weight)
         proj.image_embeds.bias.copy_(proj_bias)

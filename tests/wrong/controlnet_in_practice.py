@@ -117,6 +117,10 @@ def depth_control_image__single_channel(depth):
     return _depth(depth, channels=1)
 
 
+def depth_control_image__keeps_the_input_dtype(depth):
+    return _depth(depth).to(depth.dtype)  # float64 depth in, float64 control image out: not what the pipeline takes
+
+
 # ---------------------------------------------------------------- OpenPose skeleton (uses the given helpers)
 def _pose(keypoints, height, width, *, dim=True, joints_first=False, bgr=False, swap_xy=False, zero_based=False,
           no_skip=False, hwc=False):

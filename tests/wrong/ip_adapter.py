@@ -62,6 +62,13 @@ def image_projection__four_tokens_hard_coded(image_embeds, proj_weight, proj_bia
     return _project(image_embeds, proj_weight, proj_bias, norm_weight, norm_bias, num_tokens=4)
 
 
+def image_projection__fp16_returned_as_float32(image_embeds, proj_weight, proj_bias, norm_weight, norm_bias):
+    # "compute in float32 for stability" and forget to cast back: an fp16 pipeline gets float32 tokens
+    e, w, b, nw, nb = (t.float() for t in (image_embeds, proj_weight, proj_bias, norm_weight, norm_bias))
+    C = nw.shape[0]
+    return F.layer_norm((e @ w.T + b).reshape(e.shape[0], -1, C), (C,), nw, nb)
+
+
 def image_projection__calls_image_projection(image_embeds, proj_weight, proj_bias, norm_weight, norm_bias):
     from diffusers.models.embeddings import ImageProjection
 
