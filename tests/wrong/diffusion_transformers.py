@@ -58,6 +58,13 @@ def patchify__calls_conv2d(x, weight, bias):
     return F.conv2d(x, weight, bias, stride=weight.shape[-1]).flatten(2).transpose(1, 2)
 
 
+def patchify__upcast_to_float32(x, weight, bias):
+    B, C, H, W = x.shape
+    D, _, p, _ = weight.shape
+    patches = x.float().reshape(B, C, H // p, p, W // p, p).permute(0, 2, 4, 1, 3, 5).reshape(B, -1, C * p * p)
+    return patches @ weight.float().reshape(D, -1).T + bias.float()     # fp16 model in, float32 tokens out
+
+
 # ---------------------------------------------------------------- unpatchify
 def unpatchify__p_q_swapped(tokens, grid_h, grid_w, patch_size, out_channels):
     B, p, C = tokens.shape[0], patch_size, out_channels
@@ -159,6 +166,19 @@ def timestep_embedding__interleaved_cos_sin(t, dim):
     e = _temb(t, dim)
     half = dim // 2
     return torch.stack([e[:, :half], e[:, half:]], dim=-1).reshape(t.shape[0], dim)
+
+
+def timestep_embedding__computed_in_t_dtype(t, dim):
+    half = dim // 2                                              # frequencies made in t's dtype: fp16 t, fp16 out
+    freqs = torch.exp(-math.log(10000) * torch.arange(half, device=t.device) / (half - 1)).to(t.dtype)
+    a = t[:, None] * freqs[None, :]
+    return torch.cat([a.cos(), a.sin()], dim=-1)
+
+
+def timestep_embedding__minus_sign_lost(t, dim):
+    half = dim // 2
+    a = t[:, None].float() * 10000.0 ** (torch.arange(half, device=t.device) / (half - 1))
+    return torch.cat([a.cos(), a.sin()], dim=-1)
 
 
 # ---------------------------------------------------------------- adaLN-Zero
