@@ -104,10 +104,29 @@ def _pos_cases(ctx: Context):
         yield Case(f"embed_dim {D}, {gh}x{gw} grid, base_size {base}", (D, gh, gw, base))
 
 
+def _sincos_2d(D: int, gh: int, gw: int, base: int, *, freq_width: int | None = None, interleave: bool = False):
+    """The 2D embedding with a derivation mistake: each half's frequencies 10000^(-2k / freq_width)
+    (the right width is D/2), or sin/cos interleaved as in the Transformer paper (the code concatenates)."""
+    half = D // 2
+    width = freq_width or half
+    omega = 1.0 / 10000 ** (torch.arange(half // 2, dtype=torch.float64) * 2 / width)
+
+    def one(u):
+        a = u[:, None] * omega[None, :]
+        return torch.stack([a.sin(), a.cos()], -1).reshape(len(u), -1) if interleave else torch.cat([a.sin(), a.cos()], 1)
+
+    rows = (torch.arange(gh, dtype=torch.float64) * base / gh)[:, None].expand(gh, gw).reshape(-1)
+    cols = (torch.arange(gw, dtype=torch.float64) * base / gw)[None, :].expand(gh, gw).reshape(-1)
+    return torch.cat([one(cols), one(rows)], 1).float()
+
+
 def _pos_judge(case: Case, got) -> None:
     D, gh, gw, base = case.args
     expected = ref.sincos_pos_embed_2d(D, gh, gw, base)
-    variants = {"the token grid read column by column (meshgrid indexing 'ij' or h and w swapped)":
+    variants = {"each half's frequencies computed with d_model = D (the full width) instead of D/2, the width "
+                "of the half that encodes one coordinate": _sincos_2d(D, gh, gw, base, freq_width=D),
+                "sin and cos interleaved (the Transformer paper's layout) instead of all sines, then all cosines":
+                _sincos_2d(D, gh, gw, base, interleave=True),"the token grid read column by column (meshgrid indexing 'ij' or h and w swapped)":
                 expected.reshape(gh, gw, D).transpose(0, 1).reshape(gh * gw, D) if gh == gw else None,
                 "integer positions (the base_size/grid_size scaling left out)":
                 ref.sincos_pos_embed_2d(D, gh, gw, gh) if gh == gw and gh != base else None}

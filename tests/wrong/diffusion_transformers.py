@@ -138,6 +138,21 @@ def sincos_pos_embed_2d__integer_positions(embed_dim, grid_h, grid_w, base_size)
     return torch.cat([_sincos(embed_dim // 2, c), _sincos(embed_dim // 2, r)], dim=1).float()
 
 
+def sincos_pos_embed_2d__d_model_is_full_width(embed_dim, grid_h, grid_w, base_size):
+    r, c = _grid(grid_h, grid_w, base_size)                      # 10000^(-2k / D): the half's width is D/2
+    return torch.cat([_sincos(embed_dim // 2, c, denom=embed_dim / 2.0),
+                      _sincos(embed_dim // 2, r, denom=embed_dim / 2.0)], dim=1).float()
+
+
+def sincos_pos_embed_2d__sin_cos_interleaved(embed_dim, grid_h, grid_w, base_size):
+    half = embed_dim // 2                                        # the Transformer paper's layout, not MAE's
+    omega = 1.0 / 10000 ** (torch.arange(half // 2, dtype=torch.float64) * 2 / half)
+    rows = (torch.arange(grid_h, dtype=torch.float64) * base_size / grid_h)[:, None].expand(grid_h, grid_w).reshape(-1)
+    cols = (torch.arange(grid_w, dtype=torch.float64) * base_size / grid_w)[None, :].expand(grid_h, grid_w).reshape(-1)
+    one = lambda u: torch.stack([(u[:, None] * omega).sin(), (u[:, None] * omega).cos()], -1).reshape(len(u), -1)  # noqa: E731
+    return torch.cat([one(cols), one(rows)], 1).float()
+
+
 # ---------------------------------------------------------------- timestep embedding
 def _temb(t, dim, *, shift=1, flip=True, period=10000.0, scale=1.0):
     half = dim // 2
