@@ -116,6 +116,11 @@ def ddpm_score__linear_betas_hardcoded(unet, scheduler, x_t, t):
     return -eps / _b((1 - alpha_bar).sqrt(), eps)
 
 
+def ddpm_score__std_on_the_last_axis(unet, scheduler, x_t, t):
+    eps = unet(x_t, t).sample
+    return -eps / (1 - scheduler.alphas_cumprod.to(x_t.device)[t]).sqrt()   # (B,) meets the width, not the batch
+
+
 # ---------------------------------------------------------------- vp_perturb
 def _vp(x0, noise, t, beta_min, beta_max, *, integral=None, roots=True, std_power=2, shrink=True):
     if integral is None:
