@@ -16,7 +16,7 @@ EXERCISES = lesson(LESSON).EXERCISES
     ("adaln_zero__shift_scale_swapped", "shift and scale swapped"),
     ("adaln_zero__no_one_plus", "1 +"),
     ("self_attention__missing_sqrt_d", "1/sqrt(head_dim)"),
-    ("timestep_embedding__sin_first", "wrong order"),
+    ("timestep_embedding__sin_first", "flip_sin_to_cos=False"),
     ("timestep_embedding__freq_shift_zero", "downscale_freq_shift=0"),
     ("dit_forward__final_shift_scale_swapped", "shift and scale swapped"),
     ("patchify__calls_conv2d", "calls"),

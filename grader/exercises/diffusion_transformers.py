@@ -38,6 +38,14 @@ FORBID_MODEL = FORBID_BLOCK + FORBID_POS + (
     f"{_D}.transformers.dit_transformer_2d.DiTTransformer2DModel.forward", f"{_D}.embeddings.PatchEmbed.forward")
 
 
+#: fp16 cases: a strided conv and a matmul round at different places (fp16 keeps 11 bits of mantissa).
+LOW_RTOL = {torch.float16: 3e-3, torch.bfloat16: 2e-2}
+
+
+def _tol(t: torch.Tensor) -> dict:
+    return dict(rtol=LOW_RTOL[t.dtype], max_tol=LOW_RTOL[t.dtype]) if t.dtype in LOW_RTOL else {}
+
+
 # ---------------------------------------------------------------- 1. patchify
 def _patchify_cases(ctx: Context):
     embed = ctx.weights("dit_patch_embed")
@@ -45,12 +53,15 @@ def _patchify_cases(ctx: Context):
     if ctx.hidden:
         cases = [((2, 4, 6, 10), w, b),
                  ((3, 3, 8, 12), ctx.randn(24, 3, 4, 4, offset=1, scale=0.2), ctx.randn(24, offset=2)),
-                 ((1, 5, 3, 2), ctx.randn(7, 5, 1, 1, offset=3), ctx.randn(7, offset=4))]
+                 ((1, 5, 3, 2), ctx.randn(7, 5, 1, 1, offset=3), ctx.randn(7, offset=4)),
+                 # an fp16 model (DiT is released and run in fp16): the tokens stay fp16
+                 ((2, 4, 4, 6), w.half(), b.half())]
     else:
-        cases = [((1, 4, 8, 8), w, b)]
+        cases = [((1, 4, 8, 8), w, b), ((1, 4, 4, 4), w.half(), b.half())]
     for i, (shape, wt, bs) in enumerate(cases):
-        x = ctx.randn(*shape, offset=10 + i)
-        yield Case(f"x {shape}, patch size {wt.shape[-1]}", (x, wt, bs))
+        x = ctx.randn(*shape, offset=10 + i).to(wt.dtype)
+        kind = "" if wt.dtype == torch.float32 else f", {str(wt.dtype).split('.')[-1]}"
+        yield Case(f"x {shape}{kind}, patch size {wt.shape[-1]}", (x, wt, bs))
 
 
 def _patchify_judge(case: Case, got) -> None:
@@ -59,7 +70,7 @@ def _patchify_judge(case: Case, got) -> None:
     B, _, H, W = x.shape
     p = wt.shape[-1]
     grid = expected.reshape(B, H // p, W // p, -1)
-    assert_close(got, expected, name=f"patchify on {case.label}", variants={
+    assert_close(got, expected, name=f"patchify on {case.label}", **_tol(x), variants={
         "the tokens in column-major order (w before h)": grid.transpose(1, 2).reshape(expected.shape),
         "each patch's rows and columns swapped before the projection": ref.patchify(x, wt.transpose(2, 3), bs),
         "the bias left out": expected - bs,
@@ -93,10 +104,29 @@ def _pos_cases(ctx: Context):
         yield Case(f"embed_dim {D}, {gh}x{gw} grid, base_size {base}", (D, gh, gw, base))
 
 
+def _sincos_2d(D: int, gh: int, gw: int, base: int, *, freq_width: int | None = None, interleave: bool = False):
+    """The 2D embedding with a derivation mistake: each half's frequencies 10000^(-2k / freq_width)
+    (the right width is D/2), or sin/cos interleaved as in the Transformer paper (the code concatenates)."""
+    half = D // 2
+    width = freq_width or half
+    omega = 1.0 / 10000 ** (torch.arange(half // 2, dtype=torch.float64) * 2 / width)
+
+    def one(u):
+        a = u[:, None] * omega[None, :]
+        return torch.stack([a.sin(), a.cos()], -1).reshape(len(u), -1) if interleave else torch.cat([a.sin(), a.cos()], 1)
+
+    rows = (torch.arange(gh, dtype=torch.float64) * base / gh)[:, None].expand(gh, gw).reshape(-1)
+    cols = (torch.arange(gw, dtype=torch.float64) * base / gw)[None, :].expand(gh, gw).reshape(-1)
+    return torch.cat([one(cols), one(rows)], 1).float()
+
+
 def _pos_judge(case: Case, got) -> None:
     D, gh, gw, base = case.args
     expected = ref.sincos_pos_embed_2d(D, gh, gw, base)
-    variants = {"the token grid read column by column (meshgrid indexing 'ij' or h and w swapped)":
+    variants = {"each half's frequencies computed with d_model = D (the full width) instead of D/2, the width "
+                "of the half that encodes one coordinate": _sincos_2d(D, gh, gw, base, freq_width=D),
+                "sin and cos interleaved (the Transformer paper's layout) instead of all sines, then all cosines":
+                _sincos_2d(D, gh, gw, base, interleave=True),"the token grid read column by column (meshgrid indexing 'ij' or h and w swapped)":
                 expected.reshape(gh, gw, D).transpose(0, 1).reshape(gh * gw, D) if gh == gw else None,
                 "integer positions (the base_size/grid_size scaling left out)":
                 ref.sincos_pos_embed_2d(D, gh, gw, gh) if gh == gw and gh != base else None}
@@ -107,12 +137,14 @@ def _pos_judge(case: Case, got) -> None:
 def _time_cases(ctx: Context):
     if ctx.hidden:
         g = ctx.generator(0)
-        cases = [(torch.rand(5, generator=g) * 1000, 256), (torch.randint(0, 1000, (3,), generator=g).float(), 64),
-                 (torch.tensor([0.0, 0.5, 999.0]), 8)]
+        # timesteps as pipelines pass them: float, int64 (DiTPipeline's), fp16 (an fp16 pipeline's)
+        cases = [(torch.rand(5, generator=g) * 1000, 256), (torch.randint(0, 1000, (3,), generator=g), 64),
+                 (torch.tensor([0.0, 0.5, 999.0]), 8), ((torch.rand(4, generator=g) * 1000).half(), 32)]
     else:
-        cases = [(torch.tensor([0.0, 10.0, 999.0]), 32)]
+        cases = [(torch.tensor([0.0, 10.0, 999.0]), 32), (torch.tensor([3, 500]), 16),
+                 (torch.tensor([1.0, 250.0]).half(), 16)]
     for t, dim in cases:
-        yield Case(f"{t.numel()} timesteps, dim {dim}", (t.to(ctx.device), dim))
+        yield Case(f"{t.numel()} {str(t.dtype).split('.')[-1]} timesteps, dim {dim}", (t.to(ctx.device), dim))
 
 
 def _time_judge(case: Case, got) -> None:
@@ -123,6 +155,11 @@ def _time_judge(case: Case, got) -> None:
     assert_close(got, expected, name=f"timestep_embedding with {case.label}", variants={
         "downscale_freq_shift=0 (SD3/Flux's spacing; DiT uses 1)":
             get_timestep_embedding(t, dim, flip_sin_to_cos=True, downscale_freq_shift=0),
+        "[sin | cos] (flip_sin_to_cos=False; DiT's Timesteps flips to [cos | sin])":
+            get_timestep_embedding(t, dim, flip_sin_to_cos=False, downscale_freq_shift=1),
+        "frequencies 10000^(+i/(d/2 - 1)) (the exponent's minus sign lost)":
+            torch.cat([torch.cos(t.float()[:, None] * 10000.0 ** (torch.arange(dim // 2, device=t.device) / (dim // 2 - 1))),
+                       torch.sin(t.float()[:, None] * 10000.0 ** (torch.arange(dim // 2, device=t.device) / (dim // 2 - 1)))], 1),
     })
 
 

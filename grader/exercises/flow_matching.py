@@ -59,6 +59,15 @@ def _last_axis(sigma: torch.Tensor, like: torch.Tensor):
     return sigma if like.shape[-1] == sigma.shape[0] else None
 
 
+#: Low-precision cases (bf16/fp16 latents, as in real SD3/Flux runs): the reference rounds at other
+#: places than a correct answer may (bf16 keeps 8 bits of mantissa), so compare to that precision.
+LOW_RTOL = {torch.float16: 3e-3, torch.bfloat16: 2e-2}
+
+
+def _tol(t: torch.Tensor) -> dict:
+    return dict(rtol=LOW_RTOL[t.dtype], max_tol=LOW_RTOL[t.dtype]) if t.dtype in LOW_RTOL else {}
+
+
 def _sigmas(ctx: Context, n: int, offset: int, lo: float = 0.0, hi: float = 1.0) -> torch.Tensor:
     return (lo + (hi - lo) * torch.rand(n, generator=ctx.generator(offset))).to(ctx.device)
 
@@ -82,31 +91,35 @@ def _pair(got, name: str, label: str, what: str):
 def _interpolate_cases(ctx: Context):
     if ctx.hidden:
         # (3, 2, 5, 3): the last axis is as long as the batch; (4, 6, 8): packed tokens; (5, 2): 2-D points.
-        configs = [((3, 2, 5, 3), _sigmas(ctx, 3, 1)),
-                   ((4, 6, 8), torch.tensor([1.0, 0.0, 0.37, 0.81]).to(ctx.device)),
-                   ((5, 2), _sigmas(ctx, 5, 2))]
+        configs = [((3, 2, 5, 3), _sigmas(ctx, 3, 1), torch.float32),
+                   ((4, 6, 8), torch.tensor([1.0, 0.0, 0.37, 0.81]).to(ctx.device), torch.float32),
+                   ((5, 2), _sigmas(ctx, 5, 2), torch.float32),
+                   # bf16 latents with float32 sigmas, as SD3/Flux training runs: x_t stays bf16
+                   ((3, 4, 6, 3), _sigmas(ctx, 3, 3), torch.bfloat16)]
     else:
-        configs = [((2, 3, 4, 4), torch.tensor([0.25, 0.8]))]
-    for i, (shape, sigma) in enumerate(configs):
-        x0 = ctx.randn(*shape, offset=10 + i)
-        noise = ctx.randn(*shape, offset=20 + i)
-        yield Case(f"x0 {shape}, sigma {[round(s, 3) for s in sigma.tolist()]}", (x0, noise, sigma))
+        configs = [((2, 3, 4, 4), torch.tensor([0.25, 0.8]), torch.float32),
+                   ((2, 3, 4, 2), torch.tensor([0.3, 0.9]), torch.bfloat16)]
+    for i, (shape, sigma, dtype) in enumerate(configs):
+        x0 = ctx.randn(*shape, offset=10 + i).to(dtype)
+        noise = ctx.randn(*shape, offset=20 + i).to(dtype)
+        kind = "" if dtype == torch.float32 else f" {str(dtype).split('.')[-1]} (sigma float32)"
+        yield Case(f"x0 {shape}{kind}, sigma {[round(s, 3) for s in sigma.tolist()]}", (x0, noise, sigma))
 
 
 def _interpolate_judge(case: Case, got) -> None:
     x0, noise, sigma = case.args
     x_t, target = ref.flow_interpolate(x0, noise, sigma)
     got = _pair(got, "flow_interpolate", case.label, "(x_t, target)")
-    s = _per_sample(sigma, x0)
+    s = _per_sample(sigma, x0).to(x0.dtype)
     last = _last_axis(sigma, x0)
-    assert_close(got[0], x_t, name=f"flow_interpolate x_t on {case.label}", variants={
+    assert_close(got[0], x_t, name=f"flow_interpolate x_t on {case.label}", **_tol(x0), variants={
         "sigma and 1 - sigma swapped (sigma weighs the data, 1 - sigma the noise)": s * x0 + (1 - s) * noise,
         "sigma broadcast along the last axis instead of one sigma per sample (reshape it to (B, 1, ..., 1))":
-            None if last is None else last * noise + (1 - last) * x0,
+            None if last is None else (last.to(x0.dtype) * noise + (1 - last.to(x0.dtype)) * x0),
         "a variance-preserving (DDPM-style) path, sqrt(1 - sigma^2) * x0 + sigma * noise":
             (1 - s ** 2).sqrt() * x0 + s * noise,
     })
-    assert_close(got[1], target, name=f"flow_interpolate target on {case.label}", variants={
+    assert_close(got[1], target, name=f"flow_interpolate target on {case.label}", **_tol(x0), variants={
         "the direction reversed, x0 - noise (diffusers' sigma runs from data at 0 to noise at 1, "
         "so d x_t / d sigma = noise - x0)": x0 - noise,
         "the noise alone (DDPM's epsilon target), not the velocity": noise,
@@ -118,15 +131,23 @@ def _interpolate_judge(case: Case, got) -> None:
 def _loss_cases(ctx: Context):
     if ctx.hidden:
         configs = [((3, 2, 5, 3), "sigma_sqrt"), ((4, 6, 8), "cosmap"), ((5, 3, 2, 2), "logit_normal"),
-                   ((2, 4, 3, 2), "mode"), ((6, 2), "none")]
+                   ((2, 4, 3, 2), "mode"), ((6, 2), "none"),
+                   # a bf16 model's prediction, bf16 latents and sigmas (get_sigmas(dtype=model_input.dtype)):
+                   # the script upcasts with .float(), so the loss is float32
+                   ((3, 4, 2, 3), "cosmap", torch.bfloat16), ((2, 3, 4, 2), "none", torch.float16)]
     else:
-        configs = [((2, 3, 4, 4), "sigma_sqrt"), ((2, 3, 4, 4), "cosmap"), ((2, 3, 4, 4), "logit_normal")]
-    for i, (shape, scheme) in enumerate(configs):
+        configs = [((2, 3, 4, 4), "sigma_sqrt"), ((2, 3, 4, 4), "cosmap"), ((2, 3, 4, 4), "logit_normal"),
+                   ((2, 3, 2, 2), "sigma_sqrt", torch.bfloat16)]
+    for i, (shape, scheme, *dtype) in enumerate(configs):
+        dtype = dtype[0] if dtype else torch.float32
         x0 = ctx.randn(*shape, offset=10 + i)
         noise = ctx.randn(*shape, offset=20 + i)
-        pred = (noise - x0) + ctx.randn(*shape, offset=30 + i, scale=0.5)
-        sigma = _sigmas(ctx, shape[0], 40 + i, 0.1, 0.95) if ctx.hidden else torch.tensor([0.3, 0.9])
-        label = f"{scheme!r}, x0 {shape}, sigma {[round(s, 3) for s in sigma.tolist()]}"
+        pred = ((noise - x0) + ctx.randn(*shape, offset=30 + i, scale=0.5)).to(dtype)
+        x0, noise = x0.to(dtype), noise.to(dtype)
+        sigma = _sigmas(ctx, shape[0], 40 + i, 0.1, 0.95) if ctx.hidden else torch.tensor([0.3, 0.9], device=ctx.device)
+        sigma = sigma.to(dtype)
+        kind = "" if dtype == torch.float32 else f" all {str(dtype).split('.')[-1]}"
+        label = f"{scheme!r}, x0 {shape}{kind}, sigma {[round(s, 3) for s in sigma.float().tolist()]}"
         yield Case(label, (pred, x0, noise, sigma, scheme))
 
 
@@ -146,7 +167,7 @@ def _loss_judge(case: Case, got) -> None:
     if scheme == "cosmap":
         variants["cosmap without its 1/pi (2 / (1 - 2 sigma + 2 sigma^2))"] = \
             per(2 / (1 - 2 * s + 2 * s ** 2) * (pred - (noise - x0)) ** 2)
-    assert_close(got, expected, name=f"flow_matching_loss with {case.label}", variants=variants)
+    assert_close(got, expected, name=f"flow_matching_loss with {case.label}", **_tol(x0), variants=variants)
 
 
 # ---------------------------------------------------------------- 3. the timestep density
@@ -379,18 +400,22 @@ def _schedule_judge(case: Case, got) -> None:
 def _euler_step_cases(ctx: Context):
     if ctx.hidden:
         configs = [((3, 2, 5, 3), _uniform(ctx, 50, 0.55, 1.0), _uniform(ctx, 51, 0.05, 0.5)), ((2, 9, 6), 0.3, 0.0),
-                   ((4, 2), 1.0, 0.95)]
+                   ((4, 2), 1.0, 0.95),
+                   # an fp16 pipeline: the scheduler upcasts the sample and casts the result back
+                   ((2, 4, 3, 5), _uniform(ctx, 52, 0.55, 1.0), _uniform(ctx, 53, 0.05, 0.5), torch.float16)]
     else:
-        configs = [((1, 4, 4, 4), 0.8, 0.6)]
-    for i, (shape, sigma, sigma_next) in enumerate(configs):
-        x = ctx.randn(*shape, offset=i)
-        v = ctx.randn(*shape, offset=10 + i)
-        yield Case(f"sample {shape}, sigma {sigma} -> {sigma_next}", (x, v, sigma, sigma_next))
+        configs = [((1, 4, 4, 4), 0.8, 0.6), ((2, 4, 2, 2), 0.5, 0.25, torch.float16)]
+    for i, (shape, sigma, sigma_next, *dtype) in enumerate(configs):
+        dtype = dtype[0] if dtype else torch.float32
+        x = ctx.randn(*shape, offset=i).to(dtype)
+        v = ctx.randn(*shape, offset=10 + i).to(dtype)
+        kind = "" if dtype == torch.float32 else f" {str(dtype).split('.')[-1]}"
+        yield Case(f"sample {shape}{kind}, sigma {sigma} -> {sigma_next}", (x, v, sigma, sigma_next))
 
 
 def _euler_step_judge(case: Case, got) -> None:
     x, v, sigma, sigma_next = case.args
-    assert_close(got, ref.euler_step(x, v, sigma, sigma_next), name=f"euler_step with {case.label}", variants={
+    assert_close(got, ref.euler_step(x, v, sigma, sigma_next), name=f"euler_step with {case.label}", **_tol(x), variants={
         "the step reversed, (sigma - sigma_next) * velocity: that walks back toward the noise":
             x + (sigma - sigma_next) * v,
         "the x0 prediction sample - sigma * velocity (a jump to sigma = 0) instead of one step":

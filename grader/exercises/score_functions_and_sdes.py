@@ -40,6 +40,18 @@ def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return v.reshape((-1,) + (1,) * (like.ndim - 1))
 
 
+#: The (B,) trap: a per-sample t, g or alphabar left as (B,) lines up with the LAST axis. Cases whose
+#: last axis is as long as the batch (and whose per-sample values differ) make that mistake silent;
+#: this names it.
+LAST_AXIS = ("a per-sample (B,) tensor broadcast along the LAST axis instead of the batch "
+             "(reshape it to (B, 1, ..., 1), e.g. t.reshape(-1, *[1] * (x.ndim - 1)))")
+
+
+def _last(v: torch.Tensor, like: torch.Tensor):
+    """v (B,) as the trap uses it, where the shapes allow it silently; else None."""
+    return v if like.ndim > 1 and like.shape[-1] == v.shape[0] else None
+
+
 def _uniform(ctx: Context, n: int, lo: float, hi: float, offset: int) -> torch.Tensor:
     """n values uniform in [lo, hi), on the CPU (settings and times; moved to the device by the caller)."""
     return lo + (hi - lo) * torch.rand(n, generator=ctx.generator(offset))
@@ -126,9 +138,11 @@ def _ddpm_cases(ctx: Context):
     # The public check stays instant on the stand-in; hidden tests use the real UNet when present.
     unet = ctx.weights("ddpm_unet", standin=not ctx.hidden)
     if ctx.hidden:
-        configs = [(2, 32, 32, "linear"), (2, 16, 24, "squaredcos_cap_v2"), (3, 8, 16, "scaled_linear")]
+        # first: 8 images 8 pixels wide, so a (B,) std left unreshaped divides along the width, silently
+        configs = [(8, 8, 8, "linear"), (2, 32, 32, "linear"), (2, 16, 24, "squaredcos_cap_v2"),
+                   (3, 8, 16, "scaled_linear")]
     else:
-        configs = [(2, 8, 8, "linear"), (1, 8, 8, "scaled_linear")]
+        configs = [(8, 8, 8, "linear"), (2, 8, 8, "linear"), (1, 8, 8, "scaled_linear")]
     for i, (B, H, W, kind) in enumerate(configs):
         sched = _ddpm_scheduler(kind, ctx.device)
         g = ctx.generator(100 + i)
@@ -158,7 +172,9 @@ def _ddpm_judge(case: Case, got) -> None:
             return
         except ComparisonError:
             pass
+    ab_last = _last(sched.alphas_cumprod[t], x_t)
     assert_close(got, expected, name=f"ddpm_score on {case.label}", variants={
+        LAST_AXIS: None if ab_last is None else -eps / (1 - ab_last).sqrt(),
         "alpha_t (scheduler.alphas) in place of alpha-bar (scheduler.alphas_cumprod)": -eps / (1 - a).sqrt(),
         "1 - alphabar without its square root": -eps / (1 - ab),
         "sqrt(alphabar) in place of sqrt(1 - alphabar)": -eps / ab.sqrt(),
@@ -180,21 +196,31 @@ def _vp_variant(x0, noise, t, bmin, bmax, *, integral=None, std_power=2, sqrt_me
 
 def _vp_cases(ctx: Context):
     if ctx.hidden:
-        configs = [((3, 3, 8, 12), 0.1, 20.0), ((64, 2), 0.1, 20.0), ((2, 4, 6, 6), 0.05, 12.0), ((5, 7), 1.0, 5.0)]
+        # first: last axis = batch, so the (B,) trap gives a wrong answer (named) rather than an error
+        configs = [((3, 2, 4, 3), 0.1, 20.0),
+                   ((3, 3, 8, 12), 0.1, 20.0), ((64, 2), 0.1, 20.0), ((2, 4, 6, 6), 0.05, 12.0), ((5, 7), 1.0, 5.0),
+                   ((3, 4, 5, 5), 0.1, 20.0, torch.float16)]    # fp16 latents, float32 t: x_t stays fp16
     else:
-        configs = [((4, 3, 4, 4), 0.1, 20.0)]
-    for i, (shape, bmin, bmax) in enumerate(configs):
-        x0 = ctx.randn(*shape, offset=10 * i)
-        noise = ctx.randn(*shape, offset=10 * i + 1)
+        configs = [((4, 3, 4, 4), 0.1, 20.0), ((2, 3, 2, 2), 0.1, 20.0, torch.float16)]
+    for i, (shape, bmin, bmax, *dtype) in enumerate(configs):
+        dtype = dtype[0] if dtype else torch.float32
+        x0 = ctx.randn(*shape, offset=10 * i).to(dtype)
+        noise = ctx.randn(*shape, offset=10 * i + 1).to(dtype)
         t = _uniform(ctx, shape[0], 0.0, 1.0, 10 * i + 2)
         t[0] = 0.02 + 0.1 * t[0]                              # one early time: mostly signal
-        yield Case(f"x0 {shape}, beta_min {bmin}, beta_max {bmax}", (x0, noise, t.to(ctx.device), bmin, bmax))
+        kind = "" if dtype == torch.float32 else f" {str(dtype).split('.')[-1]} (t float32)"
+        yield Case(f"x0 {shape}{kind}, beta_min {bmin}, beta_max {bmax}", (x0, noise, t.to(ctx.device), bmin, bmax))
 
 
 def _vp_judge(case: Case, got) -> None:
     x0, noise, t, bmin, bmax = case.args
     beta_t = ref.vp_beta(t, bmin, bmax)
-    assert_close(got, ref.vp_perturb(x0, noise, t, bmin, bmax), name=f"vp_perturb on {case.label}", variants={
+    last = _last(t, x0)
+    tol = dict(rtol=3e-3, max_tol=3e-3) if x0.dtype == torch.float16 else {}
+    assert_close(got, ref.vp_perturb(x0, noise, t, bmin, bmax), name=f"vp_perturb on {case.label}", **tol, variants={
+        LAST_AXIS: None if last is None else (
+            torch.exp(-(bmin * last + 0.5 * (bmax - bmin) * last ** 2)).sqrt() * x0
+            + (1 - torch.exp(-(bmin * last + 0.5 * (bmax - bmin) * last ** 2))).sqrt() * noise),
         "alphabar and 1 - alphabar without their square roots": _vp_variant(x0, noise, t, bmin, bmax, sqrt_mean=False),
         "alphabar = exp(-beta(t) t) (the rate at time t, not its integral from 0 to t)":
             _vp_variant(x0, noise, t, bmin, bmax, integral=beta_t * t),
@@ -208,7 +234,8 @@ def _vp_judge(case: Case, got) -> None:
 # ---------------------------------------------------------------- 4. VE forward process
 def _ve_cases(ctx: Context):
     if ctx.hidden:
-        configs = [((3, 3, 8, 12), 0.01, 1348.0), ((50, 2), 0.01, 50.0), ((4, 2, 5, 5), 0.002, 80.0)]
+        configs = [((3, 2, 4, 3), 0.01, 50.0),                  # first: last axis = batch, the (B,) trap is named
+                   ((3, 3, 8, 12), 0.01, 1348.0), ((50, 2), 0.01, 50.0), ((4, 2, 5, 5), 0.002, 80.0)]
     else:
         configs = [((4, 3, 4, 4), 0.01, 50.0)]
     for i, (shape, smin, smax) in enumerate(configs):
@@ -222,7 +249,9 @@ def _ve_cases(ctx: Context):
 def _ve_judge(case: Case, got) -> None:
     x0, noise, t, smin, smax = case.args
     sigma = _bcast(ref.ve_sigma(t, smin, smax), x0)
+    last = _last(t, x0)
     assert_close(got, ref.ve_perturb(x0, noise, t, smin, smax), name=f"ve_perturb on {case.label}", variants={
+        LAST_AXIS: None if last is None else x0 + smin * (smax / smin) ** last * noise,
         "the noise scaled by sigma^2 (the variance) instead of sigma": x0 + sigma ** 2 * noise,
         "sigma interpolated linearly in t, not geometrically": x0 + _bcast(smin + t * (smax - smin), x0) * noise,
         "time running backwards: sigma_max (sigma_min / sigma_max)^t": x0 + _bcast(smax * (smin / smax) ** t, x0) * noise,
@@ -264,9 +293,11 @@ def _ve_step_sigmas(sched, timestep, batch: int):
 
 # ---------------------------------------------------------------- 5. reverse SDE: one Euler-Maruyama step
 def _sde_variants(x, score, drift, g, dt, noise):
+    last = _last(g, x)
     g = _bcast(g, x)
     noise_term = g * math.sqrt(dt) * noise
     return {
+        LAST_AXIS: None if last is None else x - (drift - last ** 2 * score) * dt + last * math.sqrt(dt) * noise,
         "the drift taken forward in time: x + (f - g^2 score) dt": x + (drift - g ** 2 * score) * dt + noise_term,
         "the noise scaled by g dt instead of g sqrt(dt)": x - (drift - g ** 2 * score) * dt + g * dt * noise,
         "the noise scaled by g without sqrt(dt)": x - (drift - g ** 2 * score) * dt + g * noise,
@@ -279,10 +310,11 @@ def _sde_variants(x, score, drift, g, dt, noise):
 
 def _sde_cases(ctx: Context):
     if ctx.hidden:
-        configs = [("vp", (3, 3, 8, 12), 0.1, 20.0, 1000), ("vp", (64, 2), 0.05, 12.0, 37),
+        configs = [("vp", (3, 2, 4, 3), 0.1, 20.0, 1000),      # first: last axis = batch, the (B,) trap is named
+                   ("vp", (3, 3, 8, 12), 0.1, 20.0, 1000), ("vp", (64, 2), 0.05, 12.0, 37),
                    ("ve", (2, 3, 6, 10), 0.01, 50.0, 25), ("ve", (40, 2), 0.002, 80.0, 100)]
     else:
-        configs = [("vp", (2, 3, 4, 4), 0.1, 20.0, 50), ("ve", (2, 3, 4, 4), 0.01, 50.0, 10)]
+        configs = [("vp", (2, 3, 4, 2), 0.1, 20.0, 50), ("ve", (2, 3, 4, 4), 0.01, 50.0, 10)]
     for i, (kind, shape, lo, hi, N) in enumerate(configs):
         off = 10 * i
         # The judge's scheduler draws its noise from a CPU generator seeded with noise_seed,
@@ -324,8 +356,10 @@ def _sde_judge(case: Case, got) -> None:
 
 # ---------------------------------------------------------------- 6. probability-flow ODE: one Euler step
 def _ode_variants(x, score, drift, g, dt):
+    last = _last(g, x)
     g = _bcast(g, x)
     return {
+        LAST_AXIS: None if last is None else x - (drift - 0.5 * last ** 2 * score) * dt,
         "the reverse SDE's full g^2 score (the probability-flow ODE has 1/2 g^2)": x - (drift - g ** 2 * score) * dt,
         "the drift taken forward in time: x + (f - 1/2 g^2 score) dt": x + (drift - 0.5 * g ** 2 * score) * dt,
         "g instead of g^2 in front of the score": x - (drift - 0.5 * g * score) * dt,
@@ -335,10 +369,11 @@ def _ode_variants(x, score, drift, g, dt):
 
 def _ode_cases(ctx: Context):
     if ctx.hidden:
-        configs = [("sigma", (2, 3, 6, 10), 30), ("vp", (3, 4, 5, 7), 0.1, 20.0, 1000),
+        configs = [("vp", (3, 2, 4, 3), 0.1, 20.0, 1000),      # first: last axis = batch, the (B,) trap is named
+                   ("sigma", (2, 3, 6, 10), 30), ("vp", (3, 4, 5, 7), 0.1, 20.0, 1000),
                    ("vp", (64, 2), 0.05, 12.0, 23), ("sigma", (50, 2), 7)]
     else:
-        configs = [("sigma", (2, 3, 4, 4), 10), ("vp", (2, 3, 4, 4), 0.1, 20.0, 50)]
+        configs = [("sigma", (2, 3, 4, 4), 10), ("vp", (2, 3, 4, 2), 0.1, 20.0, 50)]
     for i, cfg in enumerate(configs):
         kind, shape = cfg[0], cfg[1]
         off = 10 * i
@@ -416,11 +451,17 @@ def _ddim_alpha_bars(sched, timesteps: torch.Tensor):
 
 
 def _ddim_variants(x, eps, a, a_prev):
+    la, lp = _last(a, x), _last(a_prev, x)
+    trap = None
+    if la is not None:
+        s_, sp_ = ((1 - la) / la).sqrt(), ((1 - lp) / lp).sqrt()
+        trap = lp.sqrt() * (x / la.sqrt() + (sp_ - s_) * eps)
     a, a_prev = _bcast(a, x), _bcast(a_prev, x)
     sig, sig_prev = ((1 - a) / a).sqrt(), ((1 - a_prev) / a_prev).sqrt()
     xbar_prev = x / a.sqrt() + (sig_prev - sig) * eps
     vp_sig, vp_sig_prev = (1 - a).sqrt(), (1 - a_prev).sqrt()
     return {
+        LAST_AXIS: trap,
         "sigma = sqrt(1 - alphabar) (the VP noise std) instead of sqrt((1 - alphabar) / alphabar)":
             a_prev.sqrt() * (x / a.sqrt() + (vp_sig_prev - vp_sig) * eps),
         "the step left in the rescaled variable x / sqrt(alphabar) (not multiplied back by sqrt(alphabar_prev))": xbar_prev,
@@ -433,10 +474,11 @@ def _ddim_variants(x, eps, a, a_prev):
 
 def _ddim_cases(ctx: Context):
     if ctx.hidden:
-        configs = [((4, 3, 6, 10), 50, "default"), ((3, 2, 5, 5), 10, "stable-diffusion"),
+        configs = [((3, 2, 4, 3), 20, "default"),              # first: last axis = batch, the (B,) trap is named
+                   ((4, 3, 6, 10), 50, "default"), ((3, 2, 5, 5), 10, "stable-diffusion"),
                    ((16, 2), 4, "default"), ((3, 4, 3, 7), 25, "stable-diffusion, trailing")]
     else:
-        configs = [((2, 3, 4, 4), 10, "default"), ((2, 5), 8, "stable-diffusion")]
+        configs = [((2, 3, 4, 2), 10, "default"), ((2, 5), 8, "stable-diffusion")]
     for i, (shape, n, config) in enumerate(configs):
         off = 10 * i
         sched = _ddim_scheduler(config, n)

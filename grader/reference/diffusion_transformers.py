@@ -15,7 +15,7 @@ def patchify(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch
 
     D, C, p, _ = weight.shape
     embed = PatchEmbed(height=x.shape[-2], width=x.shape[-1], patch_size=p, in_channels=C,
-                       embed_dim=D, pos_embed_type=None).to(x.device)
+                       embed_dim=D, pos_embed_type=None).to(x.device, x.dtype)
     with torch.no_grad():
         embed.proj.weight.copy_(weight)
         embed.proj.bias.copy_(bias)

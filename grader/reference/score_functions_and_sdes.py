@@ -95,9 +95,13 @@ def vp_mean_std(t: torch.Tensor, beta_min: float, beta_max: float) -> tuple[torc
 
 
 def vp_perturb(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, beta_min: float, beta_max: float) -> torch.Tensor:
-    """x_t = sqrt(alphabar(t)) x0 + sqrt(1 - alphabar(t)) noise; x0 (B, ...), t (B,) in [0, 1]."""
+    """x_t = sqrt(alphabar(t)) x0 + sqrt(1 - alphabar(t)) noise; x0 (B, ...), t (B,) in [0, 1].
+
+    In x0's dtype: the coefficients are cast to it first, as DDPMScheduler.add_noise casts its
+    alphas_cumprod to the sample's dtype (fp16 latents in, fp16 out).
+    """
     mean, std = vp_mean_std(t, beta_min, beta_max)
-    return _per_sample(mean, x0) * x0 + _per_sample(std, x0) * noise
+    return _per_sample(mean, x0).to(x0.dtype) * x0 + _per_sample(std, x0).to(x0.dtype) * noise
 
 
 def vp_beta(t: torch.Tensor, beta_min: float, beta_max: float) -> torch.Tensor:

@@ -8,7 +8,7 @@ import torch
 
 # ---------------------------------------------------------------- flow_interpolate
 def flow_interpolate__lerp(x0, noise, sigma):
-    s = sigma[(...,) + (None,) * (x0.ndim - 1)]
+    s = sigma[(...,) + (None,) * (x0.ndim - 1)].to(x0.dtype)
     return torch.lerp(x0, noise, s), noise - x0                 # x0 + s (noise - x0)
 
 
@@ -26,8 +26,8 @@ def flow_matching_loss__mse_per_sample(model_pred, x0, noise, sigma, weighting_s
         w = 2.0 / math.pi / (1 - 2 * s + 2 * s * s)
     else:
         w = torch.ones_like(s)
-    err = torch.nn.functional.mse_loss(model_pred, noise - x0, reduction="none")
-    return (w * err).flatten(1).mean(1)
+    err = torch.nn.functional.mse_loss(model_pred.float(), (noise - x0).float(), reduction="none")
+    return (w.float() * err).flatten(1).mean(1)
 
 
 def flow_matching_loss__per_sample_loop(model_pred, x0, noise, sigma, weighting_scheme):
@@ -35,7 +35,7 @@ def flow_matching_loss__per_sample_loop(model_pred, x0, noise, sigma, weighting_
     for b in range(x0.shape[0]):
         s = float(sigma[b])
         w = {"sigma_sqrt": s ** -2.0, "cosmap": 2 / (math.pi * (1 - 2 * s + 2 * s ** 2))}.get(weighting_scheme, 1.0)
-        out.append(w * ((model_pred[b] - (noise[b] - x0[b])) ** 2).mean())
+        out.append(w * ((model_pred[b].float() - (noise[b] - x0[b]).float()) ** 2).mean())
     return torch.stack(out)
 
 
@@ -132,7 +132,7 @@ def euler_step__minus_dsigma(sample, model_output, sigma, sigma_next):
 
 def euler_step__addcmul_float64(sample, model_output, sigma, sigma_next):
     dt = float(sigma_next) - float(sigma)
-    return (sample.double() + dt * model_output.double()).to(sample.dtype)
+    return (sample.double() + dt * model_output.double()).to(model_output.dtype)
 
 
 # ---------------------------------------------------------------- euler_sample

@@ -61,7 +61,7 @@ def ddpm_score__per_sample_loop(unet, scheduler, x_t, t):
 def vp_perturb__log_mean_coefficient(x0, noise, t, beta_min, beta_max):
     log_mean = -0.25 * t ** 2 * (beta_max - beta_min) - 0.5 * t * beta_min   # log sqrt(alphabar)
     mean, std = torch.exp(log_mean), torch.sqrt(-torch.expm1(2 * log_mean))
-    return _b(mean, x0) * x0 + _b(std, x0) * noise
+    return (_b(mean, x0) * x0.float() + _b(std, x0) * noise.float()).to(x0.dtype)   # float32, then x0's dtype
 
 
 def vp_perturb__per_sample_loop(x0, noise, t, beta_min, beta_max):

@@ -58,6 +58,13 @@ def patchify__calls_conv2d(x, weight, bias):
     return F.conv2d(x, weight, bias, stride=weight.shape[-1]).flatten(2).transpose(1, 2)
 
 
+def patchify__upcast_to_float32(x, weight, bias):
+    B, C, H, W = x.shape
+    D, _, p, _ = weight.shape
+    patches = x.float().reshape(B, C, H // p, p, W // p, p).permute(0, 2, 4, 1, 3, 5).reshape(B, -1, C * p * p)
+    return patches @ weight.float().reshape(D, -1).T + bias.float()     # fp16 model in, float32 tokens out
+
+
 # ---------------------------------------------------------------- unpatchify
 def unpatchify__p_q_swapped(tokens, grid_h, grid_w, patch_size, out_channels):
     B, p, C = tokens.shape[0], patch_size, out_channels
@@ -131,6 +138,21 @@ def sincos_pos_embed_2d__integer_positions(embed_dim, grid_h, grid_w, base_size)
     return torch.cat([_sincos(embed_dim // 2, c), _sincos(embed_dim // 2, r)], dim=1).float()
 
 
+def sincos_pos_embed_2d__d_model_is_full_width(embed_dim, grid_h, grid_w, base_size):
+    r, c = _grid(grid_h, grid_w, base_size)                      # 10000^(-2k / D): the half's width is D/2
+    return torch.cat([_sincos(embed_dim // 2, c, denom=embed_dim / 2.0),
+                      _sincos(embed_dim // 2, r, denom=embed_dim / 2.0)], dim=1).float()
+
+
+def sincos_pos_embed_2d__sin_cos_interleaved(embed_dim, grid_h, grid_w, base_size):
+    half = embed_dim // 2                                        # the Transformer paper's layout, not MAE's
+    omega = 1.0 / 10000 ** (torch.arange(half // 2, dtype=torch.float64) * 2 / half)
+    rows = (torch.arange(grid_h, dtype=torch.float64) * base_size / grid_h)[:, None].expand(grid_h, grid_w).reshape(-1)
+    cols = (torch.arange(grid_w, dtype=torch.float64) * base_size / grid_w)[None, :].expand(grid_h, grid_w).reshape(-1)
+    one = lambda u: torch.stack([(u[:, None] * omega).sin(), (u[:, None] * omega).cos()], -1).reshape(len(u), -1)  # noqa: E731
+    return torch.cat([one(cols), one(rows)], 1).float()
+
+
 # ---------------------------------------------------------------- timestep embedding
 def _temb(t, dim, *, shift=1, flip=True, period=10000.0, scale=1.0):
     half = dim // 2
@@ -159,6 +181,19 @@ def timestep_embedding__interleaved_cos_sin(t, dim):
     e = _temb(t, dim)
     half = dim // 2
     return torch.stack([e[:, :half], e[:, half:]], dim=-1).reshape(t.shape[0], dim)
+
+
+def timestep_embedding__computed_in_t_dtype(t, dim):
+    half = dim // 2                                              # frequencies made in t's dtype: fp16 t, fp16 out
+    freqs = torch.exp(-math.log(10000) * torch.arange(half, device=t.device) / (half - 1)).to(t.dtype)
+    a = t[:, None] * freqs[None, :]
+    return torch.cat([a.cos(), a.sin()], dim=-1)
+
+
+def timestep_embedding__minus_sign_lost(t, dim):
+    half = dim // 2
+    a = t[:, None].float() * 10000.0 ** (torch.arange(half, device=t.device) / (half - 1))
+    return torch.cat([a.cos(), a.sin()], dim=-1)
 
 
 # ---------------------------------------------------------------- adaLN-Zero

@@ -52,6 +52,11 @@ def flow_interpolate__target_scaled_by_sigma(x0, noise, sigma):
     return s * noise + (1 - s) * x0, s * (noise - x0)
 
 
+def flow_interpolate__sigma_not_cast_to_the_sample_dtype(x0, noise, sigma):
+    s = _col(sigma, x0)                                          # float32 sigma promotes bf16 latents
+    return s * noise + (1 - s) * x0, noise - x0
+
+
 # ---------------------------------------------------------------- flow_matching_loss
 def _weight(s, scheme):
     if scheme == "sigma_sqrt":
@@ -107,6 +112,11 @@ def flow_matching_loss__weighting_applied_to_all_schemes(model_pred, x0, noise, 
     s = _col(sigma, x0)   # logit_normal / mode treated as if they were loss weightings too
     w = _weight(s, "sigma_sqrt" if weighting_scheme in ("logit_normal", "mode") else weighting_scheme)
     return (w * (model_pred - (noise - x0)) ** 2).reshape(x0.shape[0], -1).mean(1)
+
+
+def flow_matching_loss__not_upcast(model_pred, x0, noise, sigma, weighting_scheme):
+    s = _col(sigma, x0)                                          # a bf16 loss: the script's .float() left out
+    return (_weight(s, weighting_scheme) * (model_pred - (noise - x0)) ** 2).reshape(x0.shape[0], -1).mean(1)
 
 
 # ---------------------------------------------------------------- timestep_density
@@ -399,6 +409,10 @@ def euler_step__velocity_treated_as_noise(sample, model_output, sigma, sigma_nex
 
 def euler_step__velocity_times_sigma(sample, model_output, sigma, sigma_next):
     return sample + (sigma_next - sigma) * sigma * model_output
+
+
+def euler_step__upcast_not_cast_back(sample, model_output, sigma, sigma_next):
+    return sample.float() + (sigma_next - sigma) * model_output.float()   # fp16 in, float32 out
 
 
 # ---------------------------------------------------------------- euler_sample

@@ -116,6 +116,11 @@ def ddpm_score__linear_betas_hardcoded(unet, scheduler, x_t, t):
     return -eps / _b((1 - alpha_bar).sqrt(), eps)
 
 
+def ddpm_score__std_on_the_last_axis(unet, scheduler, x_t, t):
+    eps = unet(x_t, t).sample
+    return -eps / (1 - scheduler.alphas_cumprod.to(x_t.device)[t]).sqrt()   # (B,) meets the width, not the batch
+
+
 # ---------------------------------------------------------------- vp_perturb
 def _vp(x0, noise, t, beta_min, beta_max, *, integral=None, roots=True, std_power=2, shrink=True):
     if integral is None:
@@ -149,6 +154,16 @@ def vp_perturb__beta_schedule_reversed(x0, noise, t, beta_min, beta_max):
 
 def vp_perturb__signal_not_shrunk(x0, noise, t, beta_min, beta_max):
     return _vp(x0, noise, t, beta_min, beta_max, shrink=False)
+
+
+def vp_perturb__promoted_to_float32(x0, noise, t, beta_min, beta_max):
+    ab = _b(torch.exp(-(beta_min * t + 0.5 * (beta_max - beta_min) * t ** 2)), x0)
+    return ab.sqrt() * x0 + (1 - ab).sqrt() * noise             # float32 t promotes fp16 latents
+
+
+def vp_perturb__t_on_the_last_axis(x0, noise, t, beta_min, beta_max):
+    ab = torch.exp(-(beta_min * t + 0.5 * (beta_max - beta_min) * t ** 2)).to(x0.dtype)   # (B,), not (B, 1, ..., 1)
+    return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
 
 
 # ---------------------------------------------------------------- ve_perturb
@@ -292,3 +307,8 @@ def ddim_euler_step__no_change_of_variables(x, eps, alpha_bar, alpha_bar_prev):
 
 def ddim_euler_step__alphas_swapped(x, eps, alpha_bar, alpha_bar_prev):
     return _ddim(x, eps, alpha_bar_prev, alpha_bar)
+
+
+def ddim_euler_step__alphas_on_the_last_axis(x, eps, alpha_bar, alpha_bar_prev):
+    sigma, sigma_prev = ((1 - alpha_bar) / alpha_bar).sqrt(), ((1 - alpha_bar_prev) / alpha_bar_prev).sqrt()
+    return alpha_bar_prev.sqrt() * (x / alpha_bar.sqrt() + (sigma_prev - sigma) * eps)   # (B,) meets the last axis
