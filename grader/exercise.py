@@ -58,7 +58,17 @@ def call(fn: Any, name: str, *args: Any, forbidden: Iterable[str] = (), case: st
     except Exception as exc:  # the student's bug, reported with the input that triggered it
         inner = _innermost(exc)
         via = f" (in `{inner}`)" if inner not in (getattr(own, "__name__", name), name, "<module>", "<lambda>") else ""
-        raise SubmissionError(f"{name}{where} raised {type(exc).__name__}{via}: {exc}") from exc
+        raise SubmissionError(f"{name}{where} raised {type(exc).__name__}{via}: {exc}{_broadcast_note(exc)}") from exc
+
+
+def _broadcast_note(exc: BaseException) -> str:
+    """torch's "size of tensor a (3) must match ... at non-singleton dimension 3" is, in this course,
+    nearly always a per-sample (B,) tensor meeting a (B, C, H, W) one: say so."""
+    if isinstance(exc, RuntimeError) and "must match the size of tensor" in str(exc):
+        return ("\n  diagnosis: two tensors do not broadcast. A per-sample (B,) value (timestep, sigma, "
+                "alpha) lines up with the LAST axis of a (B, C, H, W) tensor; reshape it to (B, 1, 1, 1) "
+                "first (e.g. s[:, None, None, None] or s.view(-1, *[1] * (x.ndim - 1))).")
+    return ""
 
 
 def _innermost(exc: BaseException) -> str:

@@ -105,3 +105,10 @@ def test_shape_mismatch_names_the_broadcasting_trap(got, want, says):
 def test_dtype_mismatch_states_the_precision_contract():
     with pytest.raises(ComparisonError, match=r"float16 in, torch.float16 out.*\.to\(x\.dtype\)"):
         assert_close(torch.ones(3), torch.ones(3, dtype=torch.float16), name="x")
+
+
+def test_a_broadcast_error_inside_the_submission_is_explained():
+    from grader.exercise import SubmissionError, call
+
+    with pytest.raises(SubmissionError, match=r"must match.*\n  diagnosis: .*\(B, 1, 1, 1\)"):
+        call(lambda x, t: x * t, "vp_perturb", torch.zeros(3, 4, 5, 6), torch.zeros(3))
