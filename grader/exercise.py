@@ -65,8 +65,8 @@ def _broadcast_note(exc: BaseException) -> str:
     """torch's "size of tensor a (3) must match ... at non-singleton dimension 3" is, in this course,
     nearly always a per-sample (B,) tensor meeting a (B, C, H, W) one: say so."""
     if isinstance(exc, RuntimeError) and "must match the size of tensor" in str(exc):
-        return ("\n  diagnosis: two tensors do not broadcast. A per-sample (B,) value (timestep, sigma, "
-                "alpha) lines up with the LAST axis of a (B, C, H, W) tensor; reshape it to (B, 1, 1, 1) "
+        return ("\n  diagnosis: two tensors do not broadcast. If one is a per-sample (B,) value (timestep, sigma, "
+                "alpha), it lines up with the LAST axis of a (B, C, H, W) tensor: reshape it to (B, 1, 1, 1) "
                 "first (e.g. s[:, None, None, None] or s.view(-1, *[1] * (x.ndim - 1))).")
     return ""
 
