@@ -108,6 +108,11 @@ def apply_rope_3d__one_table_over_all_channels(x, ids, axes_dims, theta):
     return torch.stack([p[..., 0] * c - p[..., 1] * s, p[..., 0] * s + p[..., 1] * c], -1).flatten(-2).type_as(x)
 
 
+def apply_rope_3d__float32_out(x, ids, axes_dims, theta):
+    # Right values, wrong contract: bf16 in, float32 out (rotated in float32, never cast back).
+    return _rope(x.float(), ids, axes_dims, theta)
+
+
 def apply_rope_3d__rotation_backwards(x, ids, axes_dims, theta):
     return _rope(x, -ids, axes_dims, theta)
 
