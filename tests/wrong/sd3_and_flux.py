@@ -94,6 +94,13 @@ def _sd3_block(block, x, c, temb, *, cont_order="scale_shift", silu=True, contex
 
 
 # ---------------------------------------------------------------- 1. joint_attention
+def joint_attention__float32_out(attn, x, c):
+    # Right values, wrong contract: a float32 copy of the module, so bf16 in, float32 out (never cast back).
+    import copy
+
+    return _joint(copy.deepcopy(attn).float(), x.float(), c.float())
+
+
 def joint_attention__text_first_split_as_image_first(attn, x, c):
     return _joint(attn, x, c, order="cx", split_as="xc")
 
