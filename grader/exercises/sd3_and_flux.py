@@ -344,6 +344,11 @@ def _rope_cases(ctx: Context):
         x = ctx.randn(B, M + gh * gw, h, sum(axes), offset=i)
         yield Case(f"x {tuple(x.shape)}, {M} text + {gh}x{gw} image ids, axes_dim {axes}, theta {theta:g}",
                    (x, ids, axes, theta))
+    # Flux runs in bf16: diffusers rotates in float32 and casts back, judged against its own functions.
+    ids = _grid_ids(ctx, 2, 3, 4, 60, random_text=False)
+    x = ctx.randn(1, 2 + 12, 2, 16, offset=9).bfloat16()
+    yield Case(f"x {tuple(x.shape)} in bf16 (as Flux runs), 2 text + 3x4 image ids, axes_dim (4, 4, 8), theta 10000",
+               (x, ids, (4, 4, 8), 10000.0), extra={"bf16": True})
 
 
 def _rope_variant(x, ids, axes, theta, *, half=False, concat=False, exponent=2, reversed_axes=False, sign=1):
@@ -367,6 +372,13 @@ def _rope_variant(x, ids, axes, theta, *, half=False, concat=False, exponent=2, 
 
 def _rope_judge(case: Case, got) -> None:
     x, ids, axes, theta = case.args
+    if case.extra.get("bf16"):
+        from diffusers.models.embeddings import apply_rotary_emb
+        from diffusers.models.transformers.transformer_flux import FluxPosEmbed
+
+        expected = apply_rotary_emb(x, FluxPosEmbed(theta=int(theta), axes_dim=list(axes))(ids), sequence_dim=1)
+        assert_close(got, expected, name=f"flux_rope on {case.label}", rtol=1e-2, max_tol=2e-2)
+        return
     expected = ref.flux_rope(x, ids, axes, theta)
     assert_close(got, expected, name=f"flux_rope on {case.label}", variants={
         "rotate-half pairs (x_k with x_{k+d/2}, GPT-NeoX style) instead of interleaved pairs (x_2k, x_2k+1)":

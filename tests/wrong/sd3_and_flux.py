@@ -272,6 +272,11 @@ def _interleave(x, angles, sign=1.0):
     return x * cos[None, :, None] + rot * sin[None, :, None]
 
 
+def flux_rope__float32_out(x, ids, axes_dim, theta=10000.0):
+    # Right values, wrong contract: bf16 in, float32 out (the float32 angles promote x, never cast back).
+    return _interleave(x.float(), _angles(ids, axes_dim, theta))
+
+
 def flux_rope__rotate_half(x, ids, axes_dim, theta=10000.0):
     ang = _angles(ids, axes_dim, theta)
     cos = torch.cat([torch.cat([a.cos(), a.cos()], 1) for a in ang], 1).float()
