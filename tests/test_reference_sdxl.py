@@ -95,6 +95,19 @@ def test_added_embedding_is_get_aug_embed():
     assert unet.add_embedding.act.__class__.__name__ == "SiLU"
 
 
+def test_added_embedding_keeps_the_unets_half_precision_like_get_aug_embed():
+    import copy
+
+    unet = copy.deepcopy(weights.load_part("sdxl_unet")[0]).half()
+    P = unet.add_embedding.linear_1.in_features - 6 * unet.config.addition_time_embed_dim
+    text, ids = torch.randn(2, P).half(), torch.randint(0, 2048, (2, 6)).float()
+    with torch.no_grad():
+        expected = unet.get_aug_embed(torch.zeros(2, 1, dtype=torch.float16), None, {"text_embeds": text, "time_ids": ids})
+        got = ref.added_embedding(unet.add_embedding, text, ids, unet.config.addition_time_embed_dim)
+    assert got.dtype == expected.dtype == torch.float16
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
 def test_stated_unet_config_facts():
     from diffusers import UNet2DConditionModel
 

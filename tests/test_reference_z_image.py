@@ -96,6 +96,8 @@ def test_rope_freqs_and_rotation_are_the_models(axes, theta):
     x = torch.randn(1, len(ids), 2, sum(axes))
     src = inspect.getsource(ZSingleStreamAttnProcessor.__call__)
     assert "view_as_complex(x_in.float().reshape(*x_in.shape[:-1], -1, 2))" in src
+    assert "x_out.type_as(x_in)" in src                            # bf16 in, bf16 out (the exercise's contract)
+    assert ref.apply_rope_3d(x.bfloat16(), ids[None], axes, theta).dtype == torch.bfloat16
     xc = torch.view_as_complex(x.reshape(*x.shape[:-1], -1, 2))
     expected = torch.view_as_real(xc * fc[None, :, None]).flatten(3)
     torch.testing.assert_close(ref.rotate(x, fc[None]), expected, rtol=1e-6, atol=1e-6)

@@ -149,10 +149,13 @@ def rope_freqs(ids: torch.Tensor, axes_dim, theta: float = 10000.0):
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate consecutive pairs (x0, x1) by the angle: x `(B, N, h, d)`, cos/sin `(N, d)`."""
+    """Rotate consecutive pairs (x0, x1) by the angle: x `(B, N, h, d)`, cos/sin `(N, d)`.
+
+    In float32 and cast back to x's dtype, as diffusers' apply_rotary_emb does (bf16 in, bf16 out).
+    """
     x1, x2 = x[..., 0::2], x[..., 1::2]
     rotated = torch.stack([-x2, x1], dim=-1).flatten(-2)
-    return x * cos[None, :, None] + rotated * sin[None, :, None]
+    return (x.float() * cos[None, :, None] + rotated.float() * sin[None, :, None]).to(x.dtype)
 
 
 def flux_rope(x: torch.Tensor, ids: torch.Tensor, axes_dim, theta: float = 10000.0) -> torch.Tensor:

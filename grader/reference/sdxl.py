@@ -73,9 +73,12 @@ def time_id_features(time_ids: torch.Tensor, dim: int) -> torch.Tensor:
 def added_embedding(add_embedding, text_embeds: torch.Tensor, time_ids: torch.Tensor, addition_time_embed_dim: int):
     """UNet2DConditionModel's ``text_time`` added embedding: MLP([pooled text ; Fourier(time ids)]).
 
-    text_embeds `(B, P)`, time_ids `(B, K)`; returns `(B, D_t)` (added to the timestep embedding).
+    text_embeds `(B, P)`, time_ids `(B, K)`; returns `(B, D_t)` (added to the timestep embedding) in the
+    module's dtype: the float32 features are cast with the concatenation, as get_aug_embed's
+    ``add_embeds.to(emb.dtype)`` does (emb has the UNet's dtype).
     """
     x = torch.cat([text_embeds, time_id_features(time_ids, addition_time_embed_dim)], dim=-1)  # (B, P + K d)
+    x = x.to(add_embedding.linear_1.weight.dtype)
     return add_embedding.linear_2(F.silu(add_embedding.linear_1(x)))
 
 

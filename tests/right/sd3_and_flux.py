@@ -151,7 +151,7 @@ def flux_rope__complex_numbers(x, ids, axes_dim, theta=10000.0):
         angles.append(torch.outer(ids[:, i].double(), freqs))
     phase = torch.polar(torch.ones_like(torch.cat(angles, 1)), torch.cat(angles, 1)).to(torch.complex64)  # (N, d/2)
     xc = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2).contiguous())
-    return torch.view_as_real(xc * phase[None, :, None]).flatten(-2)
+    return torch.view_as_real(xc * phase[None, :, None]).flatten(-2).type_as(x)
 
 
 def flux_rope__explicit_even_odd(x, ids, axes_dim, theta=10000.0):

@@ -85,7 +85,7 @@ def time_id_features__per_number_loop(time_ids, dim):
 # ---------------------------------------------------------------- added_embedding
 def added_embedding__module_call(add_embedding, text_embeds, time_ids, addition_time_embed_dim):
     feats = time_id_features(time_ids, addition_time_embed_dim)
-    return add_embedding(torch.cat([text_embeds, feats], dim=1))
+    return add_embedding(torch.cat([text_embeds, feats], dim=1).to(add_embedding.linear_1.weight.dtype))
 
 
 def added_embedding__functional(add_embedding, text_embeds, time_ids, addition_time_embed_dim):

@@ -70,7 +70,7 @@ def _explicit_attention(attn, y, mask, freqs_cis):
 
     def rot(t):
         e, o = t[..., 0::2], t[..., 1::2]
-        return torch.stack([e * c - o * s, e * s + o * c], -1).flatten(-2)
+        return torch.stack([e * c - o * s, e * s + o * c], -1).flatten(-2).type_as(t)   # float32 angles, t's dtype
 
     q, k = rot(q), rot(k)
     scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])                                           # (B, h, N, N)
@@ -115,11 +115,11 @@ def s3dit_block__float_additive_mask_and_weight_slices(block, x, attn_mask, freq
     q, k, v = (lin(y).unflatten(-1, (h, -1)) for lin in (attn.to_q, attn.to_k, attn.to_v))
     q, k = norm(attn.norm_q, q), norm(attn.norm_k, k)
     fc = freqs_cis[:, :, None]
-    q = torch.view_as_real(torch.view_as_complex(q.reshape(B, N, h, -1, 2).contiguous()) * fc).flatten(3)
-    k = torch.view_as_real(torch.view_as_complex(k.reshape(B, N, h, -1, 2).contiguous()) * fc).flatten(3)
+    q = torch.view_as_real(torch.view_as_complex(q.float().reshape(B, N, h, -1, 2).contiguous()) * fc).flatten(3).type_as(q)
+    k = torch.view_as_real(torch.view_as_complex(k.float().reshape(B, N, h, -1, 2).contiguous()) * fc).flatten(3).type_as(k)
     bias = None
     if attn_mask is not None:
-        bias = torch.zeros(B, 1, 1, N, device=x.device).masked_fill(~attn_mask[:, None, None, :], float("-inf"))
+        bias = torch.zeros(B, 1, 1, N, device=x.device, dtype=q.dtype).masked_fill(~attn_mask[:, None, None, :], float("-inf"))
     o = F.scaled_dot_product_attention(q.permute(0, 2, 1, 3), k.permute(0, 2, 1, 3), v.permute(0, 2, 1, 3),
                                        attn_mask=bias)
     x = x + g1 * norm(block.attention_norm2, attn.to_out[0](o.permute(0, 2, 1, 3).flatten(2)))

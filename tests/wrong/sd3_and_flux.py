@@ -94,6 +94,13 @@ def _sd3_block(block, x, c, temb, *, cont_order="scale_shift", silu=True, contex
 
 
 # ---------------------------------------------------------------- 1. joint_attention
+def joint_attention__float32_out(attn, x, c):
+    # Right values, wrong contract: a float32 copy of the module, so bf16 in, float32 out (never cast back).
+    import copy
+
+    return _joint(copy.deepcopy(attn).float(), x.float(), c.float())
+
+
 def joint_attention__text_first_split_as_image_first(attn, x, c):
     return _joint(attn, x, c, order="cx", split_as="xc")
 
@@ -263,6 +270,11 @@ def _interleave(x, angles, sign=1.0):
     a, b = x[..., 0::2], x[..., 1::2]
     rot = torch.stack([-b, a], -1).flatten(-2)
     return x * cos[None, :, None] + rot * sin[None, :, None]
+
+
+def flux_rope__float32_out(x, ids, axes_dim, theta=10000.0):
+    # Right values, wrong contract: bf16 in, float32 out (the float32 angles promote x, never cast back).
+    return _interleave(x.float(), _angles(ids, axes_dim, theta))
 
 
 def flux_rope__rotate_half(x, ids, axes_dim, theta=10000.0):

@@ -238,6 +238,14 @@ def added_embedding__silu_after_linear_2(add_embedding, text_embeds, time_ids, a
     return F.silu(add_embedding.linear_2(F.silu(add_embedding.linear_1(x))))
 
 
+def added_embedding__float32_out(add_embedding, text_embeds, time_ids, addition_time_embed_dim):
+    # Right values, wrong contract: an fp16 module gives float32 out (everything upcast, never cast back).
+    l1, l2 = add_embedding.linear_1, add_embedding.linear_2
+    x = torch.cat([text_embeds.float(), time_id_features(time_ids, addition_time_embed_dim)], -1)
+    h = F.silu(F.linear(x, l1.weight.float(), l1.bias.float()))
+    return F.linear(h, l2.weight.float(), l2.bias.float())
+
+
 def added_embedding__calls_get_aug_embed(add_embedding, text_embeds, time_ids, addition_time_embed_dim):
     from diffusers import UNet2DConditionModel
 

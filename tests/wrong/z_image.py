@@ -108,11 +108,24 @@ def apply_rope_3d__one_table_over_all_channels(x, ids, axes_dims, theta):
     return torch.stack([p[..., 0] * c - p[..., 1] * s, p[..., 0] * s + p[..., 1] * c], -1).flatten(-2).type_as(x)
 
 
+def apply_rope_3d__float32_out(x, ids, axes_dims, theta):
+    # Right values, wrong contract: bf16 in, float32 out (rotated in float32, never cast back).
+    return _rope(x.float(), ids, axes_dims, theta)
+
+
 def apply_rope_3d__rotation_backwards(x, ids, axes_dims, theta):
     return _rope(x, -ids, axes_dims, theta)
 
 
 # ---------------------------------------------------------------- s3dit_block
+def s3dit_block__float32_out(block, x, attn_mask, freqs_cis, adaln_input=None):
+    # Right values, wrong contract: a float32 copy of the block, so bf16 in, float32 out (never cast back).
+    import copy
+
+    return _block(copy.deepcopy(block).float(), x.float(), attn_mask, freqs_cis,
+                  None if adaln_input is None else adaln_input.float())
+
+
 def _block(block, x, attn_mask, freqs_cis, adaln_input, *, tanh=True, one_plus=True, order=(0, 1, 2, 3),
            silu=False, post_norm=True, qk_norm=True, rope=True, mask=True, scale=None):
     attn = block.attention
