@@ -16,6 +16,8 @@ in the submission's notes whenever a due date is set, so it is never silently wa
 from __future__ import annotations
 
 import math
+import os
+import stat
 from datetime import datetime
 from pathlib import Path
 
@@ -89,13 +91,33 @@ def parse_when(text: str) -> datetime:
 def read_timestamp(folder: Path) -> tuple[datetime | None, str]:
     """The submission time in ``folder/timestamp.txt`` (what ``nbgrader collect`` writes), and a note
     when there is none or it cannot be read (then the submission is treated as on time)."""
+    # The file sits in a folder the student wrote (the exchange): a link to a secret, a fifo or a
+    # gigabyte must neither be followed, block, nor be quoted back into a note the student reads.
     path = folder / "timestamp.txt"
-    if not path.is_file():
-        return None, "no timestamp.txt: lateness not checked (treated as on time)"
     try:
-        return parse_when(path.read_text(errors="replace")), ""
-    except ValueError as exc:
-        return None, f"timestamp.txt unreadable ({exc}): lateness not checked (treated as on time)"
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None, "no timestamp.txt: lateness not checked (treated as on time)"
+    except OSError:
+        return None, f"timestamp.txt {_UNREADABLE}"
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None, f"timestamp.txt {_UNREADABLE}"
+        text = os.read(fd, _MAX_TIMESTAMP + 1).decode("utf-8", errors="replace")
+    finally:
+        os.close(fd)
+    if len(text) > _MAX_TIMESTAMP:
+        return None, f"timestamp.txt {_UNREADABLE}"
+    try:
+        return parse_when(text), ""
+    except ValueError:
+        return None, f"timestamp.txt {_UNREADABLE}"
+
+
+#: What nbgrader writes is ~30 characters ("2026-12-01 10:00:00.000000 UTC").
+_MAX_TIMESTAMP = 200
+_UNREADABLE = ("is not a plain file holding one date and time: lateness not checked (treated as on time; "
+               "the instructor can set the time by hand)")
 
 
 def human(seconds: float) -> str:

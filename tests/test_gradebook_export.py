@@ -80,9 +80,40 @@ def test_a_submission_without_timestamp_is_on_time_and_says_so(tmp_path):
     assert stamp is None and "no timestamp.txt" in note and "on time" in note
     (tmp_path / "timestamp.txt").write_text("yesterday-ish")
     stamp, note = read_timestamp(tmp_path)
-    assert stamp is None and "unreadable" in note
+    assert stamp is None and "not a plain file holding one date" in note and "yesterday" not in note
     (tmp_path / "timestamp.txt").write_text("2026-12-02 13:00:00 Europe/Berlin\n")  # what nbgrader collect writes
     assert read_timestamp(tmp_path) == (datetime(2026, 12, 2, 12, 0, 0), "")
+
+
+def _link_to_secret(folder, secret):
+    (folder / "timestamp.txt").symlink_to(secret)
+
+
+def _fifo(folder, secret):
+    os.mkfifo(folder / "timestamp.txt")  # an open() that follows it would block the batch
+
+
+def _huge(folder, secret):
+    with open(folder / "timestamp.txt", "wb") as f:
+        f.write(b"2026-12-02 13:00:00 UTC " + b"x" * 50_000_000)
+
+
+def _hard_link(folder, secret):
+    os.link(secret, folder / "timestamp.txt")
+
+
+@pytest.mark.parametrize("plant", [_link_to_secret, _fifo, _huge, _hard_link],
+                         ids=["symlink_to_a_secret", "fifo", "huge_file", "hard_link_to_a_secret"])
+def test_a_planted_timestamp_is_neither_followed_nor_quoted(tmp_path, plant):
+    """timestamp.txt lives in a folder the student wrote (the exchange): hostile like a record file."""
+    secret = tmp_path / "secret"
+    secret.write_text("2026-12-02 13:00:00 UTC\nroot:$6$hash-that-must-not-leak")
+    folder = tmp_path / "submission"
+    folder.mkdir()
+    plant(folder, secret)
+    stamp, note = read_timestamp(folder)
+    assert "hash-that-must-not-leak" not in note and "xxxx" not in note
+    assert stamp is None or plant is _hard_link
 
 
 # ---------------------------------------------------------------- the roster
