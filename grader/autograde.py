@@ -9,7 +9,6 @@ reused on a re-run (resume after an interruption).
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import os
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import nbformat
 
+from .spreadsheet import SafeWriter
 from . import __version__
 from .late import human, read_timestamp
 from .submission import InvalidSubmission, normalise, read_notebook
@@ -453,7 +453,7 @@ def write_csv(results: list[Result], path: Path, roster: dict | None = None) -> 
                    if n in results[0].exercises else 99)
     tmp = path.with_suffix(".csv.tmp")
     with tmp.open("w", newline="") as f:
-        w = csv.writer(f)
+        w = SafeWriter(f)
         w.writerow(["student", "assignment", "status", "score", "max_score", "late_penalty", "final_score",
                     "timestamp", "late_by", "late_seconds", "first_name", "last_name", "email",
                     *names, "flags", "notes"])

@@ -35,6 +35,7 @@ from pathlib import Path
 
 from nbgrader.plugins import ExportPlugin
 
+from .spreadsheet import SafeWriter
 from .late import configured_plugin, human, penalty_for
 from .roster import Person
 
@@ -155,7 +156,7 @@ def write_canvas(rows: list[Row], maxima: dict, roster: dict[str, Person], path:
                       key=lambda s: ((roster.get(s) or Person(s)).sortable_name.lower(), s))
     tmp = path.with_suffix(".tmp")
     with tmp.open("w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
+        w = SafeWriter(f)
         w.writerow(CANVAS_HEADER + [name for _, _, name in columns])
         w.writerow(["Points Possible", "", "", "", ""] + [_num(p) for p in points])
         for s in students:
@@ -179,7 +180,7 @@ def write_long(rows: list[Row], maxima: dict, roster: dict[str, Person], path: P
     """One row per student x assignment x exercise, then the assignment's total with lateness."""
     tmp = path.with_suffix(".tmp")
     with tmp.open("w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
+        w = SafeWriter(f)
         w.writerow(["student", "first_name", "last_name", "email", "assignment", "item", "score", "max_score",
                     "status", "timestamp", "late_by", "late_seconds", "late_penalty", "final_score"])
         for r in sorted(rows, key=lambda r: (r.assignment, r.student)):

@@ -386,3 +386,14 @@ def test_course_export_cli_writes_canvas_and_long_csv_and_lists_pending(tmp_path
     assert "hand-graded points still pending" in out and "alice/08_the_speed_landscape" in out
     assert _csv(tmp_path / "canvas.csv")[1][:6] == ["Points Possible", "", "", "", "", "12"]
     assert _csv(tmp_path / "scores.csv")[0][:6] == ["student", "first_name", "last_name", "email", "assignment", "item"]
+
+
+@pytest.mark.parametrize("text", ["=HYPERLINK(\"http://x\",\"y\")", "+1+cmd|' /C calc'!A0", "@SUM(A1)", "-2+3"])
+def test_student_text_is_never_a_formula_in_a_csv(tmp_path, text):
+    """Ids and notes (a student's exception message) reach the CSVs an instructor opens in a spreadsheet."""
+    from grader.spreadsheet import SafeWriter
+
+    with open(tmp_path / "g.csv", "w", newline="") as f:
+        SafeWriter(f).writerow([text, 3, "-1.5", "plain"])
+    (row,) = list(csv.reader(open(tmp_path / "g.csv")))
+    assert row == ["'" + text, "3", "-1.5", "plain"]
