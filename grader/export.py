@@ -27,7 +27,6 @@ nbgrader's ``AssignLatePenalties`` stored.
 
 from __future__ import annotations
 
-import csv
 import os
 import re
 from dataclasses import dataclass, field
