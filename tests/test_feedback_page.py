@@ -148,3 +148,48 @@ def test_autograde_hook_writes_the_page_beside_what_release_feedback_reads(tmp_p
     nb.write_bytes((REPO / "tests" / "submissions" / LESSON / "correct.ipynb").read_bytes())
     unreadable_notebook_hook(assignment=LESSON, student="bob", notebooks=[str(nb)], root=str(tmp_path))
     assert not (feedback / "diffusion_transformers.html").exists()
+
+
+def _render_feedback(nb) -> str:
+    """nbgrader_config.py's feedback preprocessors (those that need no gradebook) and page
+    template, on a notebook whose cells carry scores as GetGrades leaves them."""
+    import nbformat
+    from nbconvert import HTMLExporter
+    from traitlets.config import Config
+    from traitlets.config.loader import PyFileConfigLoader
+
+    from grader.feedback import nbgrader_templates
+    from grader.nbgrader_plugins import InlineMathJax, ScrubGradedOutputs, TrimTracebacks
+
+    cfg = PyFileConfigLoader("nbgrader_config.py", path=str(REPO)).load_config()
+    c = Config({"HTMLExporter": dict(cfg.GenerateFeedback.HTMLExporter)})
+    c.HTMLExporter.template_name = "feedback"  # what nbgrader's API sets
+    c.HTMLExporter.extra_template_paths = [  # where nbgrader's GenerateFeedback finds bootstrap.min.css
+        str(Path(nbgrader_templates()).parent / "static" / "node_modules" / "bootstrap" / "dist" / "css")]
+    assert {ScrubGradedOutputs, TrimTracebacks, InlineMathJax} <= set(cfg.GenerateFeedback.preprocessors)
+    resources = {"nbgrader": {"notebook": "the_speed_landscape", "score": 3.0, "max_score": 12.0, "late_penalty": 0}}
+    for pre in (ScrubGradedOutputs, TrimTracebacks, InlineMathJax):
+        nb, resources = pre().preprocess(nb, resources)
+    return HTMLExporter(config=c).from_notebook_node(nbformat.from_dict(nb), resources=resources)[0]
+
+
+def test_page_names_exercises_renders_math_offline_and_trims_a_lesson8_notebook():
+    import nbformat
+
+    nb = nbformat.read(REPO / "source" / "08_the_speed_landscape" / "the_speed_landscape.ipynb", as_version=4)
+    demo = next(c for c in nb.cells if c.cell_type == "code"
+                and not {"grade", "solution"} & {k for k, v in c.metadata.get("nbgrader", {}).items() if v})
+    demo.outputs = [nbformat.v4.new_output("error", ename="NotImplementedError", evalue="", traceback=TRACEBACK)]
+    for c in nb.cells:
+        meta = c.metadata.get("nbgrader", {})
+        if meta.get("grade") or meta.get("task"):
+            meta["score"] = 3.0 if meta["grade_id"] == "heun_step_hidden" else 0.0
+    page = _render_feedback(nb)
+    toc = page[page.index('<div id="toc">'):page.index("</ol>", page.index('<div id="toc">'))]
+    assert ">heun_step</a> — 3 / 3</li>" in toc and ">spaced_timesteps</a> — 0 / 2</li>" in toc
+    assert ">when_to_use</a> (written, graded by hand) — 0 / 2</li>" in toc
+    assert "Hidden tests: <b>dpmpp_2m_step</b>" in page and "Test cell" not in page
+    assert "(Score: 3.0 / 12.0)" in page
+    assert not re.findall(r"<(?:script|link|img)\b[^>]*\b(?:src|href)\s*=\s*[\"']?(?:https?:)?//", page)
+    assert mathjax_script()[-300:] in page and "window.MathJax" in page and "$" in page
+    assert "3 library frames hidden (torch, diffusers)" in page and SITE not in page
