@@ -72,7 +72,7 @@ def trim_traceback(traceback: list[str]) -> list[str]:
         if hidden:
             names = ", ".join(dict.fromkeys(hidden))
             n = len(hidden)
-            out.append(f"\x1b[90m… {n} library frame{'s' if n > 1 else ''} hidden ({names})\x1b[39m")
+            out.append(f"\x1b[90m… {n} library frame{'s' if n > 1 else ''} hidden ({names})\x1b[39m\n")
             hidden.clear()
 
     for entry in traceback:

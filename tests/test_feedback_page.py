@@ -58,7 +58,7 @@ TRACEBACK = [
 
 
 def test_traceback_keeps_the_students_cells_and_counts_library_frames():
-    out = [strip_ansi(e) for e in trim_traceback(TRACEBACK)]
+    out = [strip_ansi(e).rstrip("\n") for e in trim_traceback(TRACEBACK)]
     assert [e.split(",")[0] for e in out if e.startswith("Cell")] == ["Cell In[30]", "Cell In[30]", "Cell In[24]"]
     assert "… 3 library frames hidden (torch, diffusers)" in out
     assert "… 1 library frame hidden (grader)" in out
