@@ -54,8 +54,17 @@ c.GenerateFeedback.preprocessors = [
     "nbgrader.preprocessors.GetGrades",               # first: reads scores from the cells as graded
     "grader.nbgrader_plugins.ClearHiddenTestsFromFeedback",
     "grader.nbgrader_plugins.ScrubGradedOutputs",
+    "grader.nbgrader_plugins.TrimTracebacks",         # demo and answer cells: the student's frames, no server paths
+    "grader.nbgrader_plugins.InlineMathJax",
     "nbconvert.preprocessors.CSSHTMLHeaderPreprocessor",
 ]
+# The page (grader/templates/feedback/course_feedback.html.j2): exercises named in the contents
+# and headings, MathJax inlined (offline). Scoped to GenerateFeedback: formgrader's HTMLExporter
+# keeps its own template. nbgrader's own feedback templates stay on the path (the page extends them).
+from grader.feedback import TEMPLATES, nbgrader_templates  # noqa: E402
+
+c.GenerateFeedback.HTMLExporter.extra_template_basedirs = [str(TEMPLATES), nbgrader_templates()]
+c.GenerateFeedback.HTMLExporter.template_file = "course_feedback.html.j2"
 
 # Grading you can trust (README "Trusted grading"): the submission is rebuilt on the source
 # notebook before anything runs; the kernel runs once, in grader.sandbox, and its hidden-test
@@ -80,6 +89,9 @@ _autograde = [
     "nbgrader.preprocessors.AssignLatePenalties",
     "nbgrader.preprocessors.CheckCellMetadata",
 ]
+# A submitted file that is not a readable notebook (invalid JSON...) fails autograde as before;
+# this hook first writes that student's feedback page saying what is wrong and how to fix it.
+c.Autograde.pre_convert_hook = "grader.feedback.unreadable_notebook_hook"
 # COURSE_ISOLATION=off restores nbgrader's defaults: only to measure the overhead, never for a class.
 if os.environ.get("COURSE_ISOLATION", "on") != "off":
     c.Autograde.sanitize_preprocessors = _sanitize

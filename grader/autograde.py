@@ -319,6 +319,7 @@ class Batch:
         except InvalidSubmission as exc:
             result.status = "invalid"
             result.notes.append(str(exc))
+            result.feedback = self._unreadable_feedback(sub)
         except subprocess.TimeoutExpired:
             result.status = "timeout"
             result.notes.append(f"grading stopped after {NOTEBOOK_TIMEOUT} s (the notebook-wide limit): "
@@ -373,6 +374,16 @@ class Batch:
         else:
             result.notes.append("feedback HTML could not be generated")
         shutil.rmtree(root, ignore_errors=True)
+
+    def _unreadable_feedback(self, sub: Submission) -> str | None:
+        """The student's page for a file that is not a notebook: what is wrong and how to fix it."""
+        from .feedback import write_unreadable_page
+
+        dest = self.out / "feedback" / sub.student / self.assignment / (self.source.stem + ".html")
+        try:
+            return str(write_unreadable_page(sub.path, dest, self.assignment, _max_score(self.source_nb)))
+        except OSError:
+            return None
 
     def _read_scores(self, root: Path, student: str, result: Result) -> None:
         from nbgrader.api import Gradebook

@@ -57,6 +57,43 @@ class ScrubGradedOutputs(FeedbackPreprocessor):
         return cell, resources
 
 
+
+class TrimTracebacks(NbGraderPreprocessor):
+    """Feedback: a demo or answer cell's error shows the student's frames, not the server's.
+
+    Error outputs of cells that are not hidden-test cells keep the exception and the frames of
+    notebook cells; library frames are counted on one line and paths shortened
+    (grader.feedback.trim_traceback), and stderr streams lose their paths too (a warning names
+    the library file it came from). Hidden-test cells are ScrubGradedOutputs' (their diagnosis
+    messages stay whole).
+    """
+
+    def preprocess_cell(self, cell, resources, index):
+        if cell.cell_type != "code" or _graded_exercise(cell) is not None:
+            return cell, resources
+        from grader.feedback import scrub_paths, trim_traceback
+
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "error":
+                out["traceback"] = trim_traceback(list(out.get("traceback", [])))
+                out["evalue"] = scrub_paths(str(out.get("evalue", "")))
+            elif out.get("output_type") == "stream" and out.get("name") == "stderr":
+                out["text"] = scrub_paths(out.get("text", ""))
+        return cell, resources
+
+
+class InlineMathJax(NbGraderPreprocessor):
+    """Feedback: hand the page template a MathJax build to inline (grader.feedback.mathjax_script):
+    the page renders formulas offline, and it is the only file release_feedback copies."""
+
+    def preprocess(self, nb, resources):
+        from grader.feedback import MATHJAX_CONFIG, mathjax_script
+
+        resources["course_mathjax"] = mathjax_script()
+        resources["course_mathjax_config"] = MATHJAX_CONFIG
+        return nb, resources
+
+
 # ---------------------------------------------------------------- trusted grading (issue 5)
 import json as _json  # noqa: E402
 import os as _os  # noqa: E402

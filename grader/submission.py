@@ -55,7 +55,7 @@ def read_notebook(path: Path) -> NotebookNode:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise InvalidSubmission(f"{path.name} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
+        raise InvalidSubmission(f"{path.name} is not valid JSON (line {exc.lineno} column {exc.colno}: {exc.msg})") from None
     if not isinstance(data, dict) or "cells" not in data:
         raise InvalidSubmission(f"{path.name} is JSON but not a Jupyter notebook (no 'cells')")
     try:

@@ -5,9 +5,12 @@ same code, and every damaged submission given a score and a reason.
 
 from __future__ import annotations
 
+import html as html_lib
 import json
 import re
 import shutil
+import sys
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -163,3 +166,55 @@ def test_resume_reuses_finished_results(graded, tmp_path):
     before = json.loads((out / "results" / "correct.json").read_text())
     again = run([flat / "correct.ipynb"], LESSON, out, progress=False)
     assert again[0].seconds == before["seconds"]  # not regraded
+
+
+# ------------------------------------------------ the feedback page (grader/feedback.py, issue 11)
+def _page(out, student: str) -> str:
+    return (out / "feedback" / student / LESSON / "diffusion_transformers.html").read_text()
+
+
+def _text(page: str) -> str:
+    return html_lib.unescape(re.sub(r"<[^>]+>", "", page))
+
+
+def test_feedback_names_each_exercise_with_its_score(graded):
+    results, out, _ = graded
+    page = _page(out, "partly_wrong")
+    toc = page[page.index('<div id="toc">'):page.index("</ol>", page.index('<div id="toc">'))]
+    r = results["partly_wrong"]
+    for name, ex in EXERCISES.items():
+        assert f'>{name}</a> — {r.exercises[name]["score"]:g} / {ex.points}</li>' in toc, name
+        assert f"Hidden tests: <b>{name}</b>" in page
+    assert "Test cell" not in page and "Grade cell:" not in page
+    assert f"(Score: {r.score:.1f} / {MAX:.1f})" in page  # nbgrader's own summary stays
+
+
+def test_feedback_renders_formulas_offline(graded):
+    from grader.feedback import mathjax_script
+
+    _, out, _ = graded
+    page = _page(out, "correct")
+    assert not re.findall(r"<(?:script|link|img|iframe)\b[^>]*\b(?:src|href)\s*=\s*[\"']?(?:https?:)?//", page)
+    assert "cdnjs" not in page and "window.MathJax" in page and mathjax_script()[-500:] in page
+    assert "\\mathbb{R}" in page  # the lesson's formulas, for MathJax to typeset
+
+
+def test_demo_tracebacks_show_the_students_frames_not_the_servers(graded):
+    _, out, _ = graded
+    text = _text(_page(out, "stub"))
+    assert "… 5 library frames hidden (torch, diffusers)" in text  # the DiT demo: diffusers calling the stub
+    assert "Cell In[" in text and "in dit_block(block, x, t, y)" in text
+    for server_path in ("site-packages", sys.prefix, str(REPO), "course-autograde-"):
+        assert server_path not in text, server_path
+    assert "SubmissionError: patchify: not implemented yet" in text  # graded cells' messages untouched
+
+
+def test_unreadable_submission_gets_a_page_that_says_how_to_fix_it(graded):
+    results, out, _ = graded
+    r = results["broken"]
+    assert r.feedback == str(out / "feedback" / "broken" / LESSON / "diffusion_transformers.html")
+    page = Path(r.feedback).read_text()
+    assert "the notebook file is not valid JSON: line " in page and " column " in r.notes[0]
+    assert "How to fix it" in page and f"(Score: 0 / {MAX})" in page
+    saved = json.loads((out / "results" / "broken.json").read_text())
+    assert (saved["status"], saved["score"], saved["feedback"]) == ("invalid", 0, r.feedback)

@@ -57,6 +57,18 @@ def test_generate_autograde_feedback_solution(tmp_path):
     _assert_clean_log(done)
     html = (course / "feedback" / "alice" / LESSON / "diffusion_transformers.html").read_text()
     assert "BEGIN HIDDEN TESTS" not in html and "grade(LESSON" not in html
+    # The course's page (grader/templates/feedback): exercises named, MathJax inlined, not from a CDN.
+    assert ">patchify</a> — 2 / 2</li>" in html and "Test cell" not in html
+    assert "window.MathJax" in html and "cdnjs" not in html
+    # A file that is not a notebook: autograde fails for that student, as nbgrader always has,
+    # and the config's hook has written the page telling them what is wrong and how to fix it.
+    bob = course / "submitted" / "bob" / LESSON
+    bob.mkdir(parents=True)
+    shutil.copy(REPO / "tests" / "submissions" / LESSON / "broken.ipynb", bob / "diffusion_transformers.ipynb")
+    done = _nbgrader(course, "autograde", LESSON, "--student", "bob")
+    assert done.returncode != 0
+    page = (course / "feedback" / "bob" / LESSON / "diffusion_transformers.html").read_text()
+    assert "not valid JSON: line" in page and "How to fix it" in page
     from nbgrader.api import Gradebook
 
     with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
