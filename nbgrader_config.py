@@ -104,6 +104,8 @@ if os.environ.get("COURSE_ISOLATION", "on") != "off":
 # nbgrader makes series7/{outbound 755, inbound 2733, feedback 711} inside it. Students' own
 # config names the same folder and course_id (README). COURSE_EXCHANGE: elsewhere (a test's temp folder).
 c.Exchange.root = os.environ.get("COURSE_EXCHANGE", "/srv/nbgrader/exchange")
+# collect runs as the instructor over folders students own: never follow a link they planted.
+c.ExchangeFactory.collect = "grader.exchange.SafeExchangeCollect"
 # release/ and solutions/ are committed, so plain `nbgrader generate_assignment LESSON` would only
 # say "Skipping existing assignment" and record nothing in the gradebook. Regenerating them is
 # byte-identical (tests/test_release_drift.py), the formgrader's Generate button forces too, and

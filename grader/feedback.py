@@ -21,6 +21,7 @@ import json
 import os
 import re
 import shutil
+import stat
 from pathlib import Path
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"  # feedback/course_feedback.html.j2
@@ -216,6 +217,20 @@ def _max_score(source: Path) -> float | None:
         return None
 
 
+def _plain_file(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _copy_extras(folder: Path, dest: Path) -> None:
+    """The timestamp and secret release_feedback needs, if they are plain files (never a link)."""
+    for extra in ("timestamp.txt", "submission_secret.txt"):
+        if _plain_file(folder / extra) and os.lstat(folder / extra).st_size < 4096:
+            shutil.copyfile(folder / extra, dest / extra, follow_symlinks=False)
+
+
 def unreadable_notebook_hook(assignment, student, notebooks, *, root: str | None = None, **_) -> None:
     """``Autograde.pre_convert_hook`` for plain ``nbgrader autograde``: before nbgrader tries a
     submission, write the feedback page of each of its notebooks that is not a readable notebook
@@ -233,14 +248,20 @@ def unreadable_notebook_hook(assignment, student, notebooks, *, root: str | None
         student_id, assignment_id = nb.parent.parent.name, nb.parent.name
         course = Path(root) if root else nb.parents[3]
         dest = course / "feedback" / student_id / assignment_id / (nb.stem + ".html")
+        source = course / "source" / assignment_id / nb.name
+        if not _plain_file(nb):
+            # Never follow what a student planted (a link to a secret would be quoted on the page).
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_text(unreadable_page(nb.name, assignment_id, "the submitted notebook is not a regular "
+                                            "file (a link or a special file)", "", _max_score(source)),
+                            encoding="utf-8")
+            _copy_extras(nb.parent, dest.parent)
+            continue
         try:
             read_notebook(nb)
         except InvalidSubmission:
-            source = Path(root) / "source" / assignment_id / nb.name
             write_unreadable_page(nb, dest, assignment_id, _max_score(source))
-            for extra in ("timestamp.txt", "submission_secret.txt"):
-                if (nb.parent / extra).is_file():
-                    shutil.copyfile(nb.parent / extra, dest.parent / extra)
+            _copy_extras(nb.parent, dest.parent)
             continue
         if dest.is_file() and MARKER in dest.read_text(encoding="utf-8", errors="replace")[:2000]:
             dest.unlink()
