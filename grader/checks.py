@@ -8,7 +8,7 @@ What a student sees is one verdict line per check (plus the diagnosis when it fa
 weights banner once per notebook. Three more things live here because they are what a notebook
 cell calls: :meth:`LessonChecks.validate` (nbgrader's Validate button runs the public checks),
 :meth:`LessonChecks.demo` (a demo cell that meets an unfinished exercise says so and lets the
-notebook go on) and the background import of otter (the first check answers as fast as the rest).
+notebook go on) and the warm-up in the setup cell (the first check answers as fast as the rest).
 
 The object is named ``checks`` in the notebooks, not ``grader``: a hidden test's
 ``import grader`` would rebind that name (DESIGN.md).
@@ -21,7 +21,6 @@ import inspect
 import io
 import os
 import re
-import threading
 import time
 import traceback
 import warnings
@@ -61,7 +60,7 @@ def tests_dir(assignment: str) -> Path:
         text = _TEMPLATE.format(name=name, assignment=assignment)
         path = folder / f"{name}.py"
         if not path.is_file() or path.read_text() != text:
-            tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")  # the warm-up thread writes too
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
             tmp.write_text(text)
             os.replace(tmp, path)
     return folder
@@ -81,13 +80,13 @@ class LessonChecks:
         self.assignment = assignment
         self._otter = None
         self._shown: set[str] = set()
-        # otter's import (~1.5 s: nbconvert, jsonschema) and the lesson's references (diffusers) run
-        # while the student reads the first section, so the first check answers as fast as the
-        # others. Not in a grading kernel, where public checks never run.
-        self._importing = None
+        # otter's import (~1.5 s: nbconvert, jsonschema) and the lesson's references (diffusers) are
+        # paid here, in the setup cell, so the first check answers as fast as the others. Not in a
+        # background thread: importing diffusers/accelerate from two threads at once fails with
+        # "partially initialized module" (found by a clean-clone CI run). Not in a grading kernel,
+        # where public checks never run.
         if not os.environ.get(AUTOGRADE_ENV):
-            self._importing = threading.Thread(target=_warm_up, args=(assignment,), name="checks-warm-up", daemon=True)
-            self._importing.start()
+            _warm_up(assignment)
 
     # ------------------------------------------------------------------ banners
     def show(self, *banners) -> None:
@@ -101,8 +100,6 @@ class LessonChecks:
     # ------------------------------------------------------------------ checks
     def _notebook(self):
         if self._otter is None:
-            if self._importing is not None:
-                self._importing.join()
             import otter
 
             self._otter = otter.Notebook(tests_dir=str(tests_dir(self.assignment)))

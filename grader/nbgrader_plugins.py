@@ -58,7 +58,7 @@ class ScrubGradedOutputs(FeedbackPreprocessor):
 
 
 
-class TrimTracebacks(NbGraderPreprocessor):
+class TrimTracebacks(FeedbackPreprocessor):
     """Feedback: a demo or answer cell's error shows the student's frames, not the server's.
 
     Error outputs of cells that are not hidden-test cells keep the exception and the frames of
@@ -82,7 +82,7 @@ class TrimTracebacks(NbGraderPreprocessor):
         return cell, resources
 
 
-class InlineMathJax(NbGraderPreprocessor):
+class InlineMathJax(FeedbackPreprocessor):
     """Feedback: hand the page template a MathJax build to inline (grader.feedback.mathjax_script):
     the page renders formulas offline, and it is the only file release_feedback copies."""
 
