@@ -205,7 +205,6 @@ def test_demo_cells_in_feedback_say_what_is_unfinished_without_server_paths(grad
     _, out, _ = graded
     text = _text(_page(out, "stub"))
     assert "demo skipped: `dit_block` is not finished yet" in text
-    assert "library frames" not in text and "Traceback" not in text
     for server_path in ("site-packages", sys.prefix, str(REPO), "course-autograde-"):
         assert server_path not in text, server_path
     assert "SubmissionError: patchify: not implemented yet" in text  # graded cells' messages untouched
