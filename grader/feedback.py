@@ -20,9 +20,10 @@ import html
 import json
 import os
 import re
-import shutil
 import stat
 from pathlib import Path
+
+from .untrusted import read_regular
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"  # feedback/course_feedback.html.j2
 
@@ -227,8 +228,9 @@ def _plain_file(path: Path) -> bool:
 def _copy_extras(folder: Path, dest: Path) -> None:
     """The timestamp and secret release_feedback needs, if they are plain files (never a link)."""
     for extra in ("timestamp.txt", "submission_secret.txt"):
-        if _plain_file(folder / extra) and os.lstat(folder / extra).st_size < 4096:
-            shutil.copyfile(folder / extra, dest / extra, follow_symlinks=False)
+        data = read_regular(folder / extra, 4096)
+        if data is not None:
+            (dest / extra).write_bytes(data)
 
 
 def unreadable_notebook_hook(assignment, student, notebooks, *, root: str | None = None, **_) -> None:

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import math
 import os
-import stat
 from datetime import datetime
 from pathlib import Path
 
 from nbgrader.plugins import LateSubmissionPlugin
 from traitlets import Enum, Float
+
+from .untrusted import read_regular
 
 DAY = 86400.0
 
@@ -94,20 +95,12 @@ def read_timestamp(folder: Path) -> tuple[datetime | None, str]:
     # The file sits in a folder the student wrote (the exchange): a link to a secret, a fifo or a
     # gigabyte must neither be followed, block, nor be quoted back into a note the student reads.
     path = folder / "timestamp.txt"
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except FileNotFoundError:
+    if not os.path.lexists(path):
         return None, "no timestamp.txt: lateness not checked (treated as on time)"
-    except OSError:
+    data = read_regular(path, _MAX_TIMESTAMP)
+    if data is None:
         return None, f"timestamp.txt {_UNREADABLE}"
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None, f"timestamp.txt {_UNREADABLE}"
-        text = os.read(fd, _MAX_TIMESTAMP + 1).decode("utf-8", errors="replace")
-    finally:
-        os.close(fd)
-    if len(text) > _MAX_TIMESTAMP:
-        return None, f"timestamp.txt {_UNREADABLE}"
+    text = data.decode("utf-8", errors="replace")
     try:
         return parse_when(text), ""
     except ValueError:

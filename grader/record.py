@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 from typing import Any
 
 import numpy as np
 import torch
+
+from .untrusted import read_regular
 
 MAX_JSON_BYTES = 1 << 20
 MAX_TENSOR_FILE_BYTES = 256 << 20
@@ -92,29 +93,11 @@ class _Budget:
 
 
 def _read_capped(dir_fd: int, name: str, cap: int, budget: _Budget) -> bytes | None:
-    """The bytes of a regular file in ``dir_fd``, never through a link, never past ``cap``."""
-    try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
-    except OSError:
-        return None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > cap or budget.bytes + st.st_size > MAX_TOTAL_BYTES:
-            return None
-        chunks, left = [], st.st_size + 1   # +1 notices a file that grew after fstat
-        while left > 0:
-            chunk = os.read(fd, min(left, 1 << 20))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            left -= len(chunk)
-        data = b"".join(chunks)
-        if len(data) > st.st_size:
-            return None
+    """The bytes of a regular file in ``dir_fd``, never through a link, never past ``cap`` or the batch's total."""
+    data = read_regular(name, min(cap, MAX_TOTAL_BYTES - budget.bytes), dir_fd=dir_fd)
+    if data is not None:
         budget.bytes += len(data)
-        return data
-    finally:
-        os.close(fd)
+    return data
 
 
 def _decode(node: Any, tensors: dict, budget: _Budget, depth: int = 0) -> Any:
